@@ -1,0 +1,5 @@
+"""``python -m streamnorm`` runs the command line."""
+
+from streamnorm.cli import main
+
+main()

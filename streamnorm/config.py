@@ -1,0 +1,161 @@
+"""Normalization parameters, presets and configuration files.
+
+Parameters are a validated pydantic model so that a typo in a preset, a config file or a
+``--set key=value`` is a one-line error naming the key. Presets are TOML files in the
+project's ``configs/`` folder (shipped inside the package as ``streamnorm/presets``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from streamnorm.errors import ConfigError
+
+Statistic = Literal["nth", "mean", "slice", "top1"]
+Side = Literal["query", "reference", "both"]
+Metric = Literal["l2", "ip"]
+
+DEFAULT_PRESET = "isc21"
+
+
+class NormalizationParams(BaseModel):
+    """Everything that defines a normalization, besides the training data.
+
+    Attributes
+    ----------
+    statistic : {"nth", "mean", "slice", "top1"}
+        How the background b(x) is taken from the top training similarities of x.
+    n : int
+        Depth of the statistic: the n-th neighbour for ``nth``, the top n for ``mean``.
+    slice_start, slice_stop : int
+        For ``slice``: the mean of 0-based ranks ``slice_start..slice_stop`` inclusive.
+    side : {"query", "reference", "both"}
+        Which vectors carry the background term in the score.
+    beta : float
+        Factor of the background term of the normalized side (the query side for "both").
+    beta_reference : float, optional
+        Factor of the reference term when ``side == "both"``; defaults to ``beta``.
+    metric : {"l2", "ip"}
+        The k-NN metric the track-2 encoded vectors are meant for.
+    candidate_margin : int
+        Extra faiss candidates fetched beyond the needed depth before exact rescoring.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    statistic: Statistic = "nth"
+    n: int = Field(default=10, ge=1)
+    slice_start: int = Field(default=0, ge=0)
+    slice_stop: int = Field(default=2, ge=0)
+    side: Side = "query"
+    beta: float = Field(default=2.0, ge=0.0, le=100.0)
+    beta_reference: float | None = Field(default=None, ge=0.0, le=100.0)
+    metric: Metric = "l2"
+    candidate_margin: int = Field(default=8, ge=0, le=4096)
+
+    @model_validator(mode="after")
+    def _check_slice(self) -> NormalizationParams:
+        if self.statistic == "slice" and self.slice_stop < self.slice_start:
+            raise ValueError("slice_stop must not be smaller than slice_start")
+        return self
+
+    @property
+    def depth(self) -> int:
+        """How many training neighbours the statistic needs."""
+        if self.statistic == "top1":
+            return 1
+        if self.statistic == "slice":
+            return self.slice_stop + 1
+        return self.n
+
+    @property
+    def query_beta(self) -> float:
+        """Factor of b(q) in the track-1 score (0 when queries are not normalized)."""
+        return self.beta if self.side in ("query", "both") else 0.0
+
+    @property
+    def reference_beta(self) -> float:
+        """Factor of b(r) in the track-1 score (0 when references are not normalized)."""
+        if self.side == "reference":
+            return self.beta
+        if self.side == "both":
+            return self.beta if self.beta_reference is None else self.beta_reference
+        return 0.0
+
+
+def presets_dir() -> Path:
+    """Folder holding the preset TOML files, installed or in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "presets", here.parent / "configs"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("the preset folder is missing from this installation")
+
+
+def available_presets() -> list[str]:
+    """Names of the presets that ship with streamnorm."""
+    return sorted(path.stem for path in presets_dir().glob("*.toml"))
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+
+
+def _parse_assignment(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word such as nth or l2
+    return key.strip(), value
+
+
+def build_params(
+    preset: str | None = DEFAULT_PRESET,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> NormalizationParams:
+    """Combine a preset, a config file and ``key=value`` overrides, in that order.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown preset, an unknown key or an out-of-range value.
+    """
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in available_presets():
+            raise ConfigError(
+                f"unknown preset {preset!r}; available: {', '.join(available_presets())}"
+            )
+        values.update(_load_toml(presets_dir() / f"{preset}.toml"))
+    if config_file is not None:
+        values.update(_load_toml(Path(config_file)))
+    for assignment in overrides or []:
+        key, value = _parse_assignment(assignment)
+        values[key] = value
+    return params_from_dict(values)
+
+
+def params_from_dict(values: dict[str, Any]) -> NormalizationParams:
+    """Validate a parameter mapping, turning pydantic's report into one line."""
+    try:
+        return NormalizationParams(**values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "config"
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"unknown config key {key!r}") from None
+        raise ConfigError(f"config key {key!r}: {first['msg']}") from None

@@ -1,0 +1,18 @@
+"""What produced an output: package versions, recorded in every store and model."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+_PACKAGES = ("streamnorm", "numpy", "faiss-cpu", "zarr", "dask", "distributed")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape the numbers."""
+    found = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found

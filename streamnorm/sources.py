@@ -1,0 +1,209 @@
+"""Reading descriptor inputs: zarr descriptor stores, ISC HDF5 files and .npy files.
+
+Every input is opened as a :class:`DescriptorSource`: row-sliceable vectors plus ids.
+Structural problems (missing file, wrong layout, dtype, duplicate ids, length mismatch,
+empty input) are found when opening; value problems (NaN, Inf, zero rows) are found when
+a block is read, with the offending row named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import zarr
+
+from streamnorm.errors import InputError
+from streamnorm.kernel import Float32Array
+from streamnorm.store import array, streamnorm_attrs
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+
+@dataclass
+class DescriptorSource:
+    """Descriptors that can be read a block of rows at a time.
+
+    Attributes
+    ----------
+    path : str
+        Where the data live, for messages and provenance.
+    vectors : array-like, shape (n, d)
+        A zarr array, h5py dataset or memory-mapped array; never loaded whole.
+    ids : ndarray of str, shape (n,)
+        One unique id per row.
+    attrs : dict
+        The store's streamnorm attributes, empty for plain inputs.
+    """
+
+    path: str
+    vectors: Any
+    ids: np.ndarray
+    attrs: dict[str, Any] = field(default_factory=dict)
+    background: Any = None
+
+    @property
+    def n_rows(self) -> int:
+        """Number of descriptors."""
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Stored dimension."""
+        return int(self.vectors.shape[1])
+
+    @property
+    def is_normalized(self) -> bool:
+        """True for a store written by ``streamnorm normalize``."""
+        return "model_fingerprint" in self.attrs
+
+    def read(self, start: int, stop: int) -> Float32Array:
+        """Rows ``[start, stop)`` as validated float32."""
+        return validate_block(self.vectors[start:stop], start, self.path)
+
+    def identity(self) -> dict[str, Any]:
+        """A cheap fingerprint of the input: path, shape, ids and the first and last rows."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps([self.n_rows, self.dim]).encode())
+        for chunk_start in range(0, self.n_rows, 65536):
+            digest.update("\n".join(self.ids[chunk_start : chunk_start + 65536]).encode())
+        edge = min(self.n_rows, 64)
+        digest.update(np.ascontiguousarray(self.vectors[:edge], dtype=np.float32).tobytes())
+        digest.update(np.ascontiguousarray(self.vectors[-edge:], dtype=np.float32).tobytes())
+        return {
+            "path": self.path,
+            "rows": self.n_rows,
+            "dim": self.dim,
+            "sha256": digest.hexdigest(),
+        }
+
+
+def validate_block(block: Any, offset: int, path: str) -> Float32Array:
+    """Convert a block to float32 and reject NaN, Inf and zero rows, naming the row."""
+    array = np.asarray(block)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"{path}: vectors must be floating point, found dtype {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        row = offset + int(np.argmin(finite))
+        raise InputError(f"{path}: row {row} contains NaN or Inf")
+    zero = ~array.any(axis=1)
+    if zero.any():
+        row = offset + int(np.argmax(zero))
+        raise InputError(f"{path}: row {row} is a zero vector and cannot be normalized")
+    return array
+
+
+def open_source(path: str | Path, ids_path: str | Path | None = None) -> DescriptorSource:
+    """Open any supported descriptor input.
+
+    Parameters
+    ----------
+    path : str or Path
+        A zarr descriptor store (group with ``vectors`` and ``ids``), an ISC HDF5 file
+        (``vectors``, ``image_names``) or a ``.npy`` matrix.
+    ids_path : str or Path, optional
+        For ``.npy`` inputs: a text file with one id per line. Row numbers otherwise.
+
+    Raises
+    ------
+    InputError
+        With a one-line message naming the file.
+    """
+    location = Path(path)
+    text = str(path)
+    if not location.exists():
+        raise InputError(f"{text}: no such file or store")
+    if location.suffix.lower() == ".npy":
+        source = _open_npy(location, ids_path)
+    elif location.suffix.lower() in HDF5_SUFFIXES:
+        source = _open_hdf5(location)
+    elif location.is_dir():
+        source = _open_zarr(location)
+    else:
+        raise InputError(f"{text}: not a descriptor store, ISC HDF5 file or .npy file")
+    _check_layout(source)
+    return source
+
+
+def _open_npy(location: Path, ids_path: str | Path | None) -> DescriptorSource:
+    try:
+        vectors = np.load(location, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise InputError(f"{location}: unreadable .npy file ({error})") from None
+    if ids_path is None:
+        ids = np.array([str(i) for i in range(vectors.shape[0] if vectors.ndim else 0)])
+    else:
+        ids_file = Path(ids_path)
+        if not ids_file.exists():
+            raise InputError(f"{ids_file}: no such ids file")
+        ids = np.array(ids_file.read_text().splitlines())
+    return DescriptorSource(str(location), vectors, ids)
+
+
+def _open_hdf5(location: Path) -> DescriptorSource:
+    try:
+        handle = h5py.File(location, "r")
+    except OSError as error:
+        raise InputError(f"{location}: unreadable HDF5 file ({error})") from None
+    if "vectors" not in handle or "image_names" not in handle:
+        raise InputError(
+            f"{location}: not an ISC descriptor file (needs 'vectors' and 'image_names')"
+        )
+    names = handle["image_names"][:]
+    ids = np.array([n.decode() if isinstance(n, bytes) else str(n) for n in names])
+    return DescriptorSource(str(location), handle["vectors"], ids)
+
+
+def _open_zarr(location: Path) -> DescriptorSource:
+    try:
+        group = zarr.open_group(str(location), mode="r")
+    except Exception:
+        raise InputError(f"{location}: not a descriptor store (no zarr group here)") from None
+    members = set(group.array_keys())
+    if not {"vectors", "ids"} <= members:
+        raise InputError(f"{location}: not a descriptor store (needs 'vectors' and 'ids' arrays)")
+    attrs = streamnorm_attrs(group)
+    if attrs and attrs.get("status") != "complete":
+        raise InputError(
+            f"{location}: store is incomplete (an interrupted run); rerun the command that made it"
+        )
+    background = array(group, "background") if "background" in members else None
+    ids = np.array(np.asarray(array(group, "ids")[:]).tolist()).astype(str)
+    return DescriptorSource(str(location), array(group, "vectors"), ids, attrs, background)
+
+
+def _check_layout(source: DescriptorSource) -> None:
+    shape = source.vectors.shape
+    if len(shape) != 2:
+        raise InputError(f"{source.path}: vectors must be a 2-D matrix, found shape {shape}")
+    if not np.issubdtype(source.vectors.dtype, np.floating):
+        raise InputError(
+            f"{source.path}: vectors must be floating point, found dtype {source.vectors.dtype}"
+        )
+    if shape[0] == 0 or shape[1] == 0:
+        raise InputError(f"{source.path}: input is empty (shape {shape})")
+    if len(source.ids) != shape[0]:
+        raise InputError(
+            f"{source.path}: {len(source.ids)} ids for {shape[0]} vectors; they must match"
+        )
+    check_unique_ids(source.ids, source.path)
+
+
+def check_unique_ids(ids: np.ndarray, path: str) -> None:
+    """Reject duplicate ids, naming the first duplicate and its rows."""
+    order = np.argsort(ids, kind="stable")
+    ordered = ids[order]
+    same = ordered[1:] == ordered[:-1]
+    if same.any():
+        at = int(np.argmax(same))
+        first, second = sorted((int(order[at]), int(order[at + 1])))
+        raise InputError(f"{path}: duplicate id {str(ordered[at])!r} at rows {first} and {second}")
+    if (ids == "").any():
+        raise InputError(f"{path}: empty id at row {int(np.argmax(ids == ''))}")

@@ -1,0 +1,165 @@
+"""Writing zarr descriptor stores chunk by chunk, with done-markers.
+
+A store is a zarr group with ``vectors`` (float32 [n, d]), ``ids`` (str [n]) and, for
+normalized stores, ``background`` (float32 [n]). Output chunks are exactly the row
+blocks the pipeline computes, so no two tasks ever write into one zarr chunk (unaligned
+concurrent writes silently lose rows). A ``done`` array with one element per chunk is
+set only after that chunk's data are written; the group attribute ``status`` becomes
+``complete`` only after every marker is set and the row count checked. Readers refuse
+stores that are not complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from streamnorm.errors import InputError, OutputExistsError
+
+ATTRS_KEY = "streamnorm"
+
+
+def array(group: zarr.Group, name: str) -> zarr.Array:
+    """A named array of a group (a typed accessor: groups also hold groups)."""
+    member = group[name]
+    if not isinstance(member, zarr.Array):
+        raise InputError(f"{group.store_path}: {name!r} is not an array")
+    return member
+
+
+def streamnorm_attrs(group: zarr.Group) -> dict[str, Any]:
+    """The streamnorm attributes of a group (empty when it has none)."""
+    value = group.attrs.get(ATTRS_KEY, {})
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def chunk_ranges(n_rows: int, chunk_rows: int) -> Iterator[tuple[int, int, int]]:
+    """``(chunk_index, start, stop)`` for every row chunk."""
+    for index, start in enumerate(range(0, n_rows, chunk_rows)):
+        yield index, start, min(n_rows, start + chunk_rows)
+
+
+def store_status(path: str | Path) -> dict[str, Any] | None:
+    """The streamnorm attributes of an existing store, or None when there is none."""
+    location = Path(path)
+    if not location.exists():
+        return None
+    try:
+        group = zarr.open_group(str(location), mode="r")
+    except Exception:
+        return {}
+    return streamnorm_attrs(group)
+
+
+def prepare_output(path: str | Path, overwrite: bool) -> None:
+    """Refuse or clear an existing output before a fresh run."""
+    location = Path(path)
+    if not location.exists():
+        return
+    if not overwrite:
+        raise OutputExistsError(
+            f"{location}: output already exists (use --overwrite to replace it)"
+        )
+    if location.is_dir():
+        shutil.rmtree(location)
+    else:
+        location.unlink()
+
+
+@dataclass
+class ChunkedStore:
+    """A zarr descriptor store being written chunk by chunk."""
+
+    path: str
+    group: zarr.Group
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        n_rows: int,
+        dim: int,
+        chunk_rows: int,
+        attrs: dict[str, Any],
+        *,
+        with_background: bool,
+        ids: np.ndarray | None = None,
+    ) -> ChunkedStore:
+        """Create an empty, incomplete store; ids are written now or with each chunk."""
+        group = zarr.open_group(str(path), mode="w-")
+        group.create_array(
+            "vectors", shape=(n_rows, dim), chunks=(chunk_rows, dim), dtype="float32"
+        )
+        if with_background:
+            group.create_array("background", shape=(n_rows,), chunks=(chunk_rows,), dtype="float32")
+        id_array = group.create_array("ids", shape=(n_rows,), chunks=(chunk_rows,), dtype=str)
+        n_chunks = -(-n_rows // chunk_rows)
+        group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0)
+        if ids is not None:
+            for _, start, stop in chunk_ranges(n_rows, chunk_rows):
+                id_array[start:stop] = ids[start:stop]
+        group.attrs.update({ATTRS_KEY: {**attrs, "status": "incomplete", "chunk_rows": chunk_rows}})
+        return cls(str(path), group)
+
+    @classmethod
+    def open(cls, path: str | Path) -> ChunkedStore:
+        """Open a store for writing more chunks."""
+        try:
+            group = zarr.open_group(str(path), mode="r+")
+        except Exception:
+            raise InputError(f"{path}: not a streamnorm store") from None
+        return cls(str(path), group)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The streamnorm attributes."""
+        return streamnorm_attrs(self.group)
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per chunk."""
+        return int(self.attrs["chunk_rows"])
+
+    @property
+    def n_rows(self) -> int:
+        """Rows the store is sized for."""
+        return int(array(self.group, "vectors").shape[0])
+
+    def pending_chunks(self) -> list[tuple[int, int, int]]:
+        """Chunks whose done-marker is not set yet."""
+        done = np.asarray(array(self.group, "done")[:])
+        return [c for c in chunk_ranges(self.n_rows, self.chunk_rows) if not done[c[0]]]
+
+    def mark_complete(self, extra: dict[str, Any] | None = None) -> None:
+        """Declare the store complete after checking every done-marker."""
+        missing = self.pending_chunks()
+        if missing:
+            raise RuntimeError(f"{self.path}: {len(missing)} chunks were not written")
+        self.group.attrs.update({ATTRS_KEY: {**self.attrs, **(extra or {}), "status": "complete"}})
+
+
+def write_chunk(
+    path: str,
+    chunk_index: int,
+    start: int,
+    vectors: np.ndarray,
+    background: np.ndarray | None = None,
+    ids: np.ndarray | list[str] | None = None,
+) -> int:
+    """Write one chunk's rows, then its done-marker. Safe to run in any worker process."""
+    group = zarr.open_group(path, mode="r+")
+    stop = start + vectors.shape[0]
+    array(group, "vectors")[start:stop] = vectors
+    if background is not None:
+        array(group, "background")[start:stop] = background
+    if ids is not None:
+        array(group, "ids")[start:stop] = np.asarray(ids)
+    # The marker goes last: a crash before it leaves the chunk pending, never half-done.
+    array(group, "done")[chunk_index] = 1
+    return int(vectors.shape[0])
