@@ -18,6 +18,7 @@ from streamnorm.errors import ConfigError
 Statistic = Literal["nth", "mean", "slice", "top1"]
 Side = Literal["query", "reference", "both"]
 Metric = Literal["l2", "ip"]
+Reduction = Literal["pca", "drop"]
 
 DEFAULT_PRESET = "isc21"
 
@@ -43,6 +44,24 @@ class NormalizationParams(BaseModel):
         The k-NN metric the track-2 encoded vectors are meant for.
     candidate_margin : int
         Extra faiss candidates fetched beyond the needed depth before exact rescoring.
+    whiten : bool
+        Apply PCA whitening learned on the training set (then L2-normalize).
+    whiten_power : float
+        Exponent applied to the PCA eigenvalues when whitening (-0.5: full whitening).
+    nes : bool
+        Apply negative embedding subtraction: ``x <- normalize(x - nes_beta * mean of the
+        nes_k nearest training vectors)``, ``nes_iterations`` times.
+    nes_k, nes_beta, nes_iterations : int, float, int
+        NES parameters.
+    nes_alpha : float, optional
+        When set, the training negatives are first augmented database-side: each is
+        replaced by the normalized mean of its ``nes_k`` nearest training vectors
+        weighted by similarity to the power ``nes_alpha``.
+    max_dim : int, optional
+        Dimension budget of the encoded output (256 in ISC21 track 2).
+    reduction : {"pca", "drop"}
+        How to make room for the extra dimensions: a PCA learned on the training set, or
+        dropping the lowest-variance training dimensions.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -56,6 +75,15 @@ class NormalizationParams(BaseModel):
     beta_reference: float | None = Field(default=None, ge=0.0, le=100.0)
     metric: Metric = "l2"
     candidate_margin: int = Field(default=8, ge=0, le=4096)
+    whiten: bool = False
+    whiten_power: float = Field(default=-0.5, ge=-1.0, le=0.0)
+    nes: bool = False
+    nes_k: int = Field(default=10, ge=1)
+    nes_beta: float = Field(default=0.35, ge=0.0, le=10.0)
+    nes_iterations: int = Field(default=1, ge=1, le=10)
+    nes_alpha: float | None = Field(default=None, ge=0.0, le=100.0)
+    max_dim: int | None = Field(default=None, ge=2)
+    reduction: Reduction = "pca"
 
     @model_validator(mode="after")
     def _check_slice(self) -> NormalizationParams:

@@ -25,7 +25,7 @@ import numpy as np
 from streamnorm.config import NormalizationParams, params_from_dict
 from streamnorm.encoding import Role, encode
 from streamnorm.errors import ConfigError, InputError
-from streamnorm.kernel import Float32Array, l2_normalize
+from streamnorm.kernel import Float32Array, Float64Array, l2_normalize
 from streamnorm.neighbours import ExactTopK
 from streamnorm.progress import track
 from streamnorm.provenance import package_versions
@@ -111,14 +111,28 @@ class Normalizer:
             )
         return self._searcher
 
-    def transform(self, block: Float32Array) -> NormalizedBlock:
-        """Normalize rows and compute b(x); each row's result depends on that row only."""
+    def neighbour_scores(
+        self, block: Float32Array, depth: int
+    ) -> tuple[Float32Array, Float64Array]:
+        """Transformed rows and their exact top-``depth`` training similarities, best first.
+
+        Each row's result depends on that row only.
+        """
         if block.shape[1] != self.dim_:
             raise InputError(
                 f"vectors have dimension {block.shape[1]} but the model was fitted on {self.dim_}"
             )
+        if not 1 <= depth <= self.n_train_:
+            raise ConfigError(
+                f"depth {depth} must be between 1 and the training size {self.n_train_}"
+            )
         base = l2_normalize(block)
-        scores, _ = self._search().search(base, self.params.depth)
+        scores, _ = self._search().search(base, depth)
+        return base, scores
+
+    def transform(self, block: Float32Array) -> NormalizedBlock:
+        """Normalize rows and compute b(x); each row's result depends on that row only."""
+        base, scores = self.neighbour_scores(block, self.params.depth)
         return NormalizedBlock(base, background(scores, self.params).astype(np.float32))
 
     def encode(self, normalized: NormalizedBlock, role: Role) -> Float32Array:
