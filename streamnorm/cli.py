@@ -91,19 +91,32 @@ def fit(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="key=value parameter override; repeatable.")
     ] = None,
+    index: Annotated[
+        str | None,
+        typer.Option(
+            "--index",
+            help="Training index: flat (exact), ivf (exact within the nearest lists) or auto "
+            "(by training size and memory). Same as --set index=...",
+        ),
+    ] = None,
     ids: IdsOption = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
-    """Fit the training-set model: normalize, index exactly, record parameters and fingerprint."""
+    """Fit the training-set model: normalize, index, record parameters and fingerprint."""
     from streamnorm.config import build_params
     from streamnorm.model import fit_model
 
-    params = build_params(preset, config, set_)
+    overrides = [*(set_ or []), *([f"index={index}"] if index else [])]
+    params = build_params(preset, config, overrides)
     model = fit_model(train, out, params, ids_path=ids, overwrite=overwrite, progress=not quiet)
+    report = model.index_report_
+    recall = report.get("nth_neighbour_recall")
     console.print(
         f"model {out}: {model.n_train_} training vectors, dim {model.dim_}, "
-        f"fingerprint {str(model.fingerprint_)[:16]}"
+        f"fingerprint {str(model.fingerprint_)[:16]}\n"
+        f"index: {report.get('kind')} ({report.get('reason')})"
+        + ("" if recall is None else f", n-th neighbour recall vs exact {recall:.3f}")
     )
 
 
@@ -116,8 +129,19 @@ def normalize(
     ],
     out: Annotated[Path, typer.Option("--out", help="Normalized store to write.")],
     chunk_rows: Annotated[int | None, typer.Option(help="Rows per task and output chunk.")] = None,
-    scheduler: Annotated[str, typer.Option(help="threads, processes or synchronous.")] = "threads",
+    scheduler: Annotated[
+        str,
+        typer.Option(help="threads, processes, synchronous, local-cluster[:N] or tcp://HOST:PORT."),
+    ] = "threads",
     workers: Annotated[int | None, typer.Option(help="Parallel tasks (default: cores).")] = None,
+    append: Annotated[
+        bool,
+        typer.Option(
+            "--append",
+            help="Add the input's rows after those of an existing store (same model and role); "
+            "the result is byte-identical to normalizing everything in one go.",
+        ),
+    ] = False,
     ids: IdsOption = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -129,10 +153,6 @@ def normalize(
         raise StreamnormError(f"--role must be query or reference, not {role!r}")
     if chunk_rows is not None and chunk_rows < 1:
         raise StreamnormError("--chunk-rows must be at least 1")
-    if scheduler not in ("threads", "processes", "synchronous"):
-        raise StreamnormError(
-            f"--scheduler must be threads, processes or synchronous, not {scheduler!r}"
-        )
     result = run(
         input_path,
         model,
@@ -141,77 +161,178 @@ def normalize(
         chunk_rows=chunk_rows,
         ids_path=ids,
         overwrite=overwrite,
+        append=append,
         scheduler=scheduler,
         workers=workers,
         progress=not quiet,
     )
-    resumed = (
-        f", {result.chunks_reused} chunks kept from an earlier run" if result.chunks_reused else ""
-    )
+    kept = f", {result.chunks_reused} chunks kept" if result.chunks_reused else ""
+    rate = result.rows_added / max(result.seconds, 1e-9)
     console.print(
-        f"{result.path}: {result.rows} rows in {result.seconds:.1f} s "
-        f"({result.rows / max(result.seconds, 1e-9):,.0f} rows/s{resumed})"
+        f"{result.path}: {result.rows_added} rows added ({result.rows} in the store) "
+        f"in {result.seconds:.1f} s ({rate:,.0f} rows/s{kept})"
     )
+
+
+@app.command()
+def verify(
+    store: Annotated[Path, typer.Argument(metavar="OUT", help="Normalized store to audit.")],
+    input_path: Annotated[Path, typer.Option("--input", help="The input (or one appended batch).")],
+    model: Annotated[Path, typer.Option("--model", help="The model the store was made with.")],
+    sample: Annotated[int, typer.Option(help="Rows to recompute; 0 checks every row.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the random sample.")] = 0,
+    ids: IdsOption = None,
+    quiet: Quiet = False,
+) -> None:
+    """Recompute sampled rows one vector at a time and compare them byte for byte.
+
+    Exit 0 when all match, 1 with the first mismatching ids otherwise.
+    """
+    from streamnorm.verify import verify as run
+
+    report = run(
+        store,
+        input_path,
+        model,
+        sample=sample or None,
+        seed=seed,
+        ids_path=ids,
+        progress=not quiet,
+    )
+    if report.ok:
+        console.print(f"{store}: {report.checked} rows recomputed alone, all byte-identical")
+        return
+    shown = ", ".join(report.mismatched_ids[:10])
+    console.print(f"{store}: {len(report.mismatched_ids)} of {report.checked} rows differ: {shown}")
+    raise typer.Exit(1)
 
 
 @app.command()
 def match(
-    queries: Annotated[Path, typer.Argument(help="Query store (normalized or raw).")],
-    refs: Annotated[
-        Path, typer.Argument(help="Reference store (same model as the queries, or raw).")
-    ],
     out: Annotated[Path, typer.Option("--out", help="Predictions file: .csv or .parquet.")],
-    k: Annotated[int, typer.Option("--k", help="Candidates per query.")] = 10,
+    queries: Annotated[
+        Path | None, typer.Argument(help="Query store (normalized or raw).", show_default=False)
+    ] = None,
+    refs: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Reference store (same model as the queries, or raw).", show_default=False
+        ),
+    ] = None,
+    k: Annotated[
+        int | None,
+        typer.Option("--k", help="Candidates per query (default 10; with --update, the state's)."),
+    ] = None,
     max_results: Annotated[
         int,
-        typer.Option(
-            help="Global top N over all queries, as the ISC evaluation uses; 0 keeps all."
-        ),
+        typer.Option(help="Global top N over the per-query candidates, best first; 0 keeps all."),
     ] = 500_000,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            help="Also save the match state here (per-query top-k), for later --update runs. "
+            "With --update: write the updated state here instead of replacing STATE.",
+        ),
+    ] = None,
+    update: Annotated[
+        Path | None,
+        typer.Option(
+            "--update",
+            help="Merge the references of --refs into this saved state (queries are re-read "
+            "from the path recorded in it) and write predictions over all references so far.",
+        ),
+    ] = None,
+    new_refs: Annotated[
+        Path | None, typer.Option("--refs", help="With --update: the new reference store.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Tiles searched at once (default: every core).")
+    ] = None,
+    query_block_rows: Annotated[int | None, typer.Option(help="Rows per query block.")] = None,
+    reference_block_rows: Annotated[
+        int | None, typer.Option(help="Rows per reference block.")
+    ] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
-    """Write track-1 predictions (query_id,reference_id,score), best first."""
-    from streamnorm.matching import match as run
+    """Write track-1 predictions (query_id,reference_id,score), best first.
 
-    if k < 1:
-        raise StreamnormError("--k must be at least 1")
-    result = run(
+    Keeps each query's exact top --k references, then the best --max-results of those pairs
+    over all queries (ties: query id, then reference id).
+
+    References arriving later: `match Q R --out P --state S`, then
+    `match --update S --refs R2 --out P2`.
+    """
+    from streamnorm.match_cli import run_match
+
+    run_match(
+        console,
         queries,
         refs,
         out,
         k=k,
-        max_results=max_results or None,
+        max_results=max_results,
+        state=state,
+        update=update,
+        new_refs=new_refs,
+        threads=threads,
+        query_block_rows=query_block_rows,
+        reference_block_rows=reference_block_rows,
         overwrite=overwrite,
         progress=not quiet,
     )
-    console.print(f"{out}: {len(result.scores)} predictions")
 
 
 @app.command()
 def evaluate(
-    preds: Annotated[Path, typer.Argument(help="Predictions (.csv or .parquet).")],
+    preds: Annotated[
+        list[Path], typer.Argument(help="One or more predictions files (.csv or .parquet).")
+    ],
     gt: Annotated[Path, typer.Option("--gt", help="Ground-truth CSV (query_id,reference_id).")],
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="Name of each file in the table and plot; repeat per file."),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="PNG: overlaid precision-recall curves and score histograms."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Print muAP and recall@P90 with the ISC21 definitions (ties: false positives first)."""
-    from streamnorm.groundtruth import read_ground_truth, read_predictions
-    from streamnorm.metrics import evaluate as run
+    """Print muAP and recall@P90 with the ISC21 definitions (ties: false positives first).
 
-    truth = read_ground_truth(gt)
-    result = run(read_predictions(preds, truth), truth)
+    With several files, one table row per file (JSON: a list), e.g.
+    `evaluate raw.csv norm.csv --gt gt.csv --plot pr.png --label raw --label norm`.
+    """
+    from streamnorm.match_cli import evaluate_files
+
+    runs = evaluate_files(preds, gt, labels=label, plot=plot)
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
+        # One file keeps the plain object scripts already read; several give a list.
+        rows = [{"label": r.label, "path": str(r.path), **r.metrics} for r in runs]
+        print(json.dumps(runs[0].metrics if len(runs) == 1 else rows, indent=2))
         return
-    table = Table(title=str(preds))
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in result.to_dict().items():
-        table.add_row(
-            key,
-            "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value),
-        )
+
+    def cell(value: object) -> str:
+        return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    if len(runs) == 1:
+        table = Table(title=str(runs[0].path))
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in runs[0].metrics.items():
+            table.add_row(key, cell(value))
+    else:
+        table = Table(title=f"{len(runs)} prediction files against {gt}")
+        table.add_column("run")
+        for key in runs[0].metrics:
+            table.add_column(key, justify="right")
+        for run in runs:
+            table.add_row(run.label, *(cell(value) for value in run.metrics.values()))
     console.print(table)
+    if plot is not None:
+        console.print(f"plot: {plot}")
 
 
 @app.command()
@@ -253,6 +374,74 @@ def demo(
     from streamnorm.demo import run_demo
 
     run_demo(out, overwrite=overwrite, progress=not quiet, console=console)
+
+
+@app.command()
+def tune(
+    queries: Annotated[Path, typer.Argument(help="Raw validation queries.")],
+    refs: Annotated[Path, typer.Argument(help="Raw references.")],
+    train: Annotated[Path, typer.Option("--train", help="Raw training descriptors.")],
+    gt: Annotated[Path, typer.Option("--gt", help="Ground-truth CSV of the queries.")],
+    out: Annotated[Path, typer.Option("--out", help="TOML config to write (for fit --config).")],
+    grid: Annotated[
+        Path | None, typer.Option("--grid", help="TOML grid: each parameter a list of values.")
+    ] = None,
+    base_preset: Annotated[
+        str, typer.Option("--base-preset", help="Preset for the parameters the grid leaves.")
+    ] = "isc21",
+    k: Annotated[int, typer.Option("--k", help="Candidates per query.")] = 10,
+    max_results: Annotated[
+        int, typer.Option(help="Global top N over all queries; 0 keeps all.")
+    ] = 500_000,
+    show: Annotated[int, typer.Option(help="Rows of the table to print; 0 prints all.")] = 20,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Search statistic x n x beta x side for the best muAP; write the best as a config."""
+    from streamnorm.config import build_params
+    from streamnorm.tuning import read_grid, result_table, write_config
+    from streamnorm.tuning import tune as run
+
+    if k < 1:
+        raise StreamnormError("--k must be at least 1")
+    if out.exists() and not overwrite:
+        raise StreamnormError(f"{out}: output already exists (use --overwrite to replace it)")
+    result = run(
+        queries,
+        refs,
+        train,
+        gt,
+        grid=read_grid(grid) if grid is not None else None,
+        base_params=build_params(base_preset),
+        k=k,
+        max_results=max_results or None,
+        progress=not quiet,
+    )
+    best = result.best_row
+    console.print(result_table(result, show or None, title=f"tune: {len(result.rows)} points"))
+    summary = f"best of {len(result.rows)} grid points on {gt}: muAP {best.micro_ap:.4f}, "
+    summary += f"R@P90 {best.recall_at_p90:.4f}"
+    write_config(result.best, out, comment=f"streamnorm tune: {summary}", overwrite=overwrite)
+    console.print(f"{out}: {summary}")
+
+
+@app.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small sizes: about 2 minutes on 2 cores.")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="JSON file for every figure and the machine description."),
+    ] = None,
+) -> None:
+    """Measure throughput, cost of determinism, memory, append and scaling, as ratios.
+
+    Generates its own data; every figure is compared side by side in the same run.
+    """
+    from streamnorm.bench import run_bench_command
+
+    run_bench_command(console, quick=quick, out=out)
 
 
 def main(argv: list[str] | None = None) -> None:

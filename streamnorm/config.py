@@ -19,6 +19,7 @@ Statistic = Literal["nth", "mean", "slice", "top1"]
 Side = Literal["query", "reference", "both"]
 Metric = Literal["l2", "ip"]
 Reduction = Literal["pca", "drop"]
+IndexKind = Literal["flat", "ivf", "auto"]
 
 DEFAULT_PRESET = "isc21"
 
@@ -62,6 +63,13 @@ class NormalizationParams(BaseModel):
     reduction : {"pca", "drop"}
         How to make room for the extra dimensions: a PCA learned on the training set, or
         dropping the lowest-variance training dimensions.
+    index : {"flat", "ivf", "auto"}
+        The training index: exact (``flat``), inverted lists (``ivf``: exact within the
+        ``ivf_nprobe`` exactly nearest lists), or chosen by training size (``auto``).
+    ivf_nlist : int, optional
+        Number of IVF lists; about 4 sqrt(n_train) when omitted.
+    ivf_nprobe : int
+        Lists read per vector.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -84,6 +92,9 @@ class NormalizationParams(BaseModel):
     nes_alpha: float | None = Field(default=None, ge=0.0, le=100.0)
     max_dim: int | None = Field(default=None, ge=2)
     reduction: Reduction = "pca"
+    index: IndexKind = "flat"
+    ivf_nlist: int | None = Field(default=None, ge=1)
+    ivf_nprobe: int = Field(default=16, ge=1)
 
     @model_validator(mode="after")
     def _check_slice(self) -> NormalizationParams:

@@ -1,36 +1,70 @@
-"""Track-1 matching: per-query top-k over all references, then the global top N.
+"""Track-1 matching: exact per-query top-k over all references, then the global top N.
 
-References are visited in blocks and every block is searched exactly (see
-:class:`streamnorm.neighbours.ExactTopK`), so memory is bounded by the block sizes and
-the result list, never by queries x references. Scores are the normalized ``s'(q, r)``
-for normalized stores (computed as the exact inner product of the inner-product
-encoding, whatever metric the stores were encoded for) and the inner product of the
-L2-normalized vectors for raw stores. Ties are broken by query id, then reference id.
+How candidates are built
+------------------------
+1. **Per query**, the ``k`` best references (default 10) by score, ties broken by
+   reference id. This is exact: the same list as sorting all ``n_references`` scores.
+2. **Globally**, those ``n_queries x k`` candidate pairs are pooled and the best
+   ``max_results`` (default 500,000) are kept, ordered by score descending, then query
+   id, then reference id. This is the file written, best first.
+
+This is the candidate list of the ISC21 k-NN evaluation (``compute_metrics.py --knn k``,
+k-NN per query) capped, as the ISC21 submission rules cap every track-1 file, at 500,000
+predictions. The ISC21 score-normalization baseline (``score_normalization.py``) instead
+asks for the best ``max_results`` pairs over *all* query-reference pairs, with no limit
+per query. The two lists are equal unless some query has more than ``k`` pairs among the
+global best; :attr:`RankedMatches.capped_queries` counts the queries that might (those
+whose k-th candidate still made the global list), so zero proves the output is also the
+exact all-pairs global top ``max_results``. Raise ``k`` until it is zero if that is the
+list wanted.
+
+Scores
+------
+Normalized stores are scored with ``s'(q, r) = <q, r> - beta_q b(q) - beta_r b(r)``,
+computed as the exact inner product of the inner-product encoding, whatever metric the
+stores were encoded for; raw stores with the inner product of the L2-normalized
+vectors. Every score comes from the deterministic kernel (:mod:`streamnorm.kernel`) via
+:class:`streamnorm.neighbours.ExactTopK`, so it depends only on the two vectors. Ties
+are broken by ids, never by row numbers, so the order in which references arrive does
+not matter.
+
+Streaming and incremental references
+------------------------------------
+The work runs over tiles of query blocks x reference blocks on a thread pool
+(:mod:`streamnorm.match_tiles`); memory is bounded by the tiles in flight and the
+result, never by queries x references. ``match(..., state=PATH)`` also saves the
+per-query top-k lists (:mod:`streamnorm.match_state`); :func:`update_match` merges a new
+batch of references into them and writes predictions over every reference seen so far,
+byte-identical to a full run over all of them together.
 """
 
 from __future__ import annotations
 
-import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import faiss
 import numpy as np
 
-from streamnorm.atomic import atomic_output
 from streamnorm.config import NormalizationParams, params_from_dict
 from streamnorm.encoding import Role, encode
-from streamnorm.errors import ModelMismatchError, OutputExistsError
-from streamnorm.kernel import Float32Array, Float64Array, l2_normalize
-from streamnorm.neighbours import ExactTopK
-from streamnorm.progress import track
+from streamnorm.errors import ModelMismatchError, OutputExistsError, StreamnormError
+from streamnorm.kernel import Float32Array, Float64Array, IndexArray, l2_normalize
+from streamnorm.match_output import write_predictions
+from streamnorm.match_state import MatchState, StateMismatchError, prefix_digest
+from streamnorm.match_tiles import (
+    QUERY_BLOCK_ROWS,
+    REFERENCE_BLOCK_ROWS,
+    TilePlan,
+    count_tiles,
+    top_k_per_query,
+)
 from streamnorm.sources import DescriptorSource, open_source
 
 DEFAULT_K = 10
 DEFAULT_MAX_RESULTS = 500_000
-QUERY_BLOCK_ROWS = 16384
-REFERENCE_BLOCK_ROWS = 65536
+# Rows encoded at a time inside a block read: bounds the float64 scratch of the kernel.
+_ENCODE_ROWS = 8192
 
 
 @dataclass
@@ -54,6 +88,12 @@ class ScoringSide:
         return self.source.n_rows
 
     @property
+    def fingerprint(self) -> str | None:
+        """Fingerprint of the model of a normalized store; None for raw inputs."""
+        value = self.source.attrs.get("model_fingerprint")
+        return None if value is None else str(value)
+
+    @property
     def base_dim(self) -> int:
         """Dimension of the vectors before any encoding."""
         if self.params is None:
@@ -61,12 +101,34 @@ class ScoringSide:
         return int(self.source.attrs["encoding"]["base_dim"])
 
     def read(self, start: int, stop: int) -> Float32Array:
-        """Rows ``[start, stop)`` ready for inner-product scoring."""
+        """Rows ``[start, stop)`` ready for inner-product scoring.
+
+        The rows are read from the store in one slice (one pass over its chunks) and
+        encoded in sub-blocks, which bounds the kernel's float64 scratch space.
+        """
         if self.params is None:
-            return l2_normalize(self.source.read(start, stop))
-        base = np.ascontiguousarray(self.source.vectors[start:stop, : self.base_dim])
+            raw = self.source.read(start, stop)
+            return _by_rows(raw, l2_normalize)
+        params = self.params
+        stored = np.asarray(self.source.vectors[start:stop])
+        base = np.ascontiguousarray(stored[:, : self.base_dim], dtype=np.float32)
         background = np.asarray(self.source.background[start:stop], dtype=np.float64)
-        return encode(base, background, self.role, self.params, metric="ip")
+        parts = [
+            encode(base[s:e], background[s:e], self.role, params, metric="ip")
+            for s, e in _sub_blocks(len(base))
+        ]
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+
+def _sub_blocks(n_rows: int) -> list[tuple[int, int]]:
+    return [(s, min(n_rows, s + _ENCODE_ROWS)) for s in range(0, n_rows, _ENCODE_ROWS)]
+
+
+def _by_rows(rows: Float32Array, work: Any) -> Float32Array:
+    out = np.empty_like(rows)
+    for start, stop in _sub_blocks(len(rows)):
+        out[start:stop] = work(rows[start:stop])
+    return out
 
 
 def check_compatible(queries: ScoringSide, references: ScoringSide) -> None:
@@ -76,12 +138,11 @@ def check_compatible(queries: ScoringSide, references: ScoringSide) -> None:
             f"{queries.source.path} and {references.source.path}: one store is normalized "
             "and the other is raw; match two normalized or two raw stores"
         )
-    q_print = queries.source.attrs.get("model_fingerprint")
-    r_print = references.source.attrs.get("model_fingerprint")
-    if q_print != r_print:
+    if queries.fingerprint != references.fingerprint:
         raise ModelMismatchError(
             f"{queries.source.path} and {references.source.path} were normalized with "
-            f"different models ({str(q_print)[:12]} vs {str(r_print)[:12]})"
+            f"different models ({str(queries.fingerprint)[:12]} vs "
+            f"{str(references.fingerprint)[:12]})"
         )
     if queries.base_dim != references.base_dim:
         raise ModelMismatchError(
@@ -90,7 +151,7 @@ def check_compatible(queries: ScoringSide, references: ScoringSide) -> None:
         )
 
 
-def id_ranks(ids: np.ndarray) -> np.ndarray:
+def id_ranks(ids: np.ndarray) -> IndexArray:
     """Position of each id in sorted id order: a tie key that follows the ids, not the rows."""
     ranks = np.empty(len(ids), dtype=np.int64)
     ranks[np.argsort(ids, kind="stable")] = np.arange(len(ids))
@@ -99,50 +160,25 @@ def id_ranks(ids: np.ndarray) -> np.ndarray:
 
 @dataclass
 class MatchResult:
-    """Candidate pairs as row numbers into the query and reference stores."""
+    """Candidate pairs as row numbers into one query and one reference store.
 
-    query_rows: np.ndarray
-    reference_rows: np.ndarray
+    The in-memory form used by callers that score stores themselves (e.g. tuning);
+    :func:`match` returns :class:`RankedMatches`, which also covers references merged
+    from several batches.
+    """
+
+    query_rows: IndexArray
+    reference_rows: IndexArray
     scores: Float64Array
-
-
-def per_query_top_k(
-    queries: ScoringSide, references: ScoringSide, k: int, progress: bool = False
-) -> MatchResult:
-    """Exact top-k references of every query, ties broken by reference id."""
-    k = min(k, references.n_rows)
-    ref_ranks = id_ranks(references.source.ids)
-    query_rows, ref_rows, scores = [], [], []
-    blocks = [
-        (q_start, min(queries.n_rows, q_start + QUERY_BLOCK_ROWS))
-        for q_start in range(0, queries.n_rows, QUERY_BLOCK_ROWS)
-    ]
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
-    for q_start, q_stop in track(blocks, "match: query blocks", enabled=progress):
-        query_block = queries.read(q_start, q_stop)
-        best_scores = np.full((q_stop - q_start, 0), -np.inf)
-        best_rows = np.zeros((q_stop - q_start, 0), dtype=np.int64)
-        for r_start in range(0, references.n_rows, REFERENCE_BLOCK_ROWS):
-            r_stop = min(references.n_rows, r_start + REFERENCE_BLOCK_ROWS)
-            searcher = ExactTopK(
-                references.read(r_start, r_stop), tie_keys=ref_ranks[r_start:r_stop]
-            )
-            found_scores, found_rows = searcher.search(query_block, min(k, r_stop - r_start))
-            merged_scores = np.concatenate([best_scores, found_scores], axis=1)
-            merged_rows = np.concatenate([best_rows, found_rows + r_start], axis=1)
-            order = np.lexsort((ref_ranks[merged_rows], -merged_scores), axis=-1)[:, :k]
-            best_scores = np.take_along_axis(merged_scores, order, 1)
-            best_rows = np.take_along_axis(merged_rows, order, 1)
-        query_rows.append(np.repeat(np.arange(q_start, q_stop), best_rows.shape[1]))
-        ref_rows.append(best_rows.ravel())
-        scores.append(best_scores.ravel())
-    return MatchResult(np.concatenate(query_rows), np.concatenate(ref_rows), np.concatenate(scores))
 
 
 def global_top(
     result: MatchResult, query_ids: np.ndarray, reference_ids: np.ndarray, max_results: int | None
 ) -> MatchResult:
-    """Keep the best ``max_results`` pairs over all queries, ordered by score, then ids."""
+    """Keep the best ``max_results`` pairs, ordered by score, then query id, then reference id.
+
+    The same order as :func:`rank_globally`, for row-based results.
+    """
     q_ranks = id_ranks(query_ids)[result.query_rows]
     r_ranks = id_ranks(reference_ids)[result.reference_rows]
     order = np.lexsort((r_ranks, q_ranks, -result.scores))
@@ -151,38 +187,190 @@ def global_top(
     return MatchResult(result.query_rows[order], result.reference_rows[order], result.scores[order])
 
 
-def write_predictions(
-    path: str | Path, result: MatchResult, query_ids: np.ndarray, reference_ids: np.ndarray
-) -> None:
-    """Write ``query_id,reference_id,score`` as CSV (or Parquet for a ``.parquet`` path).
+@dataclass
+class RankedMatches:
+    """Predictions in output order, kept as positions into the per-query candidates.
 
-    The file appears under its name only once complete.
+    Attributes
+    ----------
+    candidate_query_ids : ndarray of str, shape (n_queries,)
+    candidate_reference_ids : ndarray of str, shape (n_queries * width,)
+        Each query's candidates, best first, flattened row by row.
+    candidate_scores : ndarray of float64, shape (n_queries * width,)
+    width : int
+        Candidates per query, ``min(k, n_references)``.
+    order : ndarray of int64, shape (n,)
+        Flat candidate positions of the predictions, best first.
+    capped_queries : int
+        Queries with more references than candidates whose last candidate is in the
+        output: only these could have more pairs in the all-pairs global top list.
+    n_references : int
+        References matched (all batches so far for an update).
     """
-    with atomic_output(path, overwrite=True) as staging:
-        if Path(path).suffix == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
 
-            table = pa.table(
-                {
-                    "query_id": query_ids[result.query_rows].astype(str),
-                    "reference_id": reference_ids[result.reference_rows].astype(str),
-                    "score": result.scores,
-                }
+    candidate_query_ids: np.ndarray
+    candidate_reference_ids: np.ndarray
+    candidate_scores: Float64Array
+    width: int
+    order: IndexArray
+    capped_queries: int
+    n_references: int
+
+    def __len__(self) -> int:
+        return int(self.order.shape[0])
+
+    @property
+    def candidates(self) -> int:
+        """Candidate pairs the output was chosen from (``n_queries x width``)."""
+        return int(self.candidate_scores.shape[0])
+
+    def block(self, part: slice) -> tuple[np.ndarray, np.ndarray, Float64Array]:
+        """Query ids, reference ids and scores of the predictions in ``part``."""
+        positions = self.order[part]
+        return (
+            self.candidate_query_ids[positions // self.width],
+            self.candidate_reference_ids[positions],
+            self.candidate_scores[positions],
+        )
+
+    @property
+    def scores(self) -> Float64Array:
+        """Scores of all predictions, in output order."""
+        return self.candidate_scores[self.order]
+
+    @property
+    def query_ids(self) -> np.ndarray:
+        """Query id of every prediction."""
+        return self.candidate_query_ids[self.order // self.width]
+
+    @property
+    def reference_ids(self) -> np.ndarray:
+        """Reference id of every prediction."""
+        return self.candidate_reference_ids[self.order]
+
+
+def rank_globally(
+    query_ids: np.ndarray,
+    scores: Float64Array,
+    reference_ids: np.ndarray,
+    max_results: int | None,
+    n_references: int,
+) -> RankedMatches:
+    """Pool the per-query candidates and keep the best ``max_results`` pairs.
+
+    Parameters
+    ----------
+    query_ids : ndarray of str, shape (n_queries,)
+    scores : ndarray of float64, shape (n_queries, width)
+    reference_ids : ndarray of str, shape (n_queries, width)
+        Each query's candidates, best first.
+    max_results : int or None
+        None keeps every candidate.
+    n_references : int
+        References the candidates were chosen from.
+
+    Returns
+    -------
+    RankedMatches
+        Ordered by score descending, then query id, then reference id.
+    """
+    n_queries, width = scores.shape
+    flat_scores = np.ascontiguousarray(scores).ravel()
+    flat_ids = np.ascontiguousarray(reference_ids).ravel()
+    query_keys = np.repeat(id_ranks(query_ids), width)
+    reference_keys = np.unique(flat_ids, return_inverse=True)[1].ravel()
+    order = np.lexsort((reference_keys, query_keys, -flat_scores))
+    if max_results is not None:
+        order = order[:max_results]
+    capped = 0
+    if width < n_references and width > 0:
+        kept = np.zeros(n_queries * width, dtype=bool)
+        kept[order] = True
+        capped = int(np.count_nonzero(kept[width - 1 :: width]))
+    return RankedMatches(
+        candidate_query_ids=np.asarray(query_ids),
+        candidate_reference_ids=flat_ids,
+        candidate_scores=flat_scores,
+        width=width,
+        order=order.astype(np.int64, copy=False),
+        capped_queries=capped,
+        n_references=n_references,
+    )
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Tile sizes and threads; None picks the defaults (every core)."""
+
+    threads: int | None = None
+    query_block_rows: int | None = None
+    reference_block_rows: int | None = None
+    query_memory_bytes: int | None = None
+
+    def plan(self, n_queries: int, n_references: int) -> TilePlan:
+        """The plan for a pass of ``n_queries x n_references``."""
+        for name in ("threads", "query_block_rows", "reference_block_rows"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise StreamnormError(f"{name.replace('_', '-')} must be at least 1, not {value}")
+        tiles = count_tiles(
+            n_queries,
+            n_references,
+            self.query_block_rows or QUERY_BLOCK_ROWS,
+            self.reference_block_rows or REFERENCE_BLOCK_ROWS,
+        )
+        return TilePlan.make(
+            tiles,
+            self.threads,
+            self.query_block_rows,
+            self.reference_block_rows,
+            self.query_memory_bytes,
+        )
+
+
+def _check_options(k: int | None, max_results: int | None) -> None:
+    if k is not None and k < 1:
+        raise StreamnormError(f"k must be at least 1, not {k}")
+    if max_results is not None and max_results < 1:
+        raise StreamnormError(
+            f"max_results must be at least 1 (or None for all), not {max_results}"
+        )
+
+
+def _refuse_existing(overwrite: bool, *paths: str | Path | None) -> None:
+    for path in paths:
+        if path is not None and Path(path).exists() and not overwrite:
+            raise OutputExistsError(
+                f"{path}: output already exists (use --overwrite to replace it)"
             )
-            pq.write_table(table, staging)
-        else:
-            with open(staging, "w", newline="") as stream:
-                writer = csv.writer(stream)
-                writer.writerow(["query_id", "reference_id", "score"])
-                writer.writerows(
-                    zip(
-                        query_ids[result.query_rows].tolist(),
-                        reference_ids[result.reference_rows].tolist(),
-                        map(repr, result.scores.tolist()),
-                        strict=True,
-                    )
-                )
+
+
+def _batch(side: ScoringSide, start: int = 0) -> dict[str, Any]:
+    """What the state records about merged reference rows ``[start, n_rows)``."""
+    return {
+        **side.source.identity(),
+        "path": str(Path(side.source.path).resolve()),
+        "start": start,
+        "stop": side.n_rows,
+        "prefix_sha256": prefix_digest(side.source.ids, side.source.vectors, side.n_rows),
+    }
+
+
+@dataclass
+class RowRange:
+    """Rows ``[start, n_rows)`` of a side, renumbered from 0."""
+
+    side: ScoringSide
+    start: int
+
+    @property
+    def n_rows(self) -> int:
+        """Rows in the range."""
+        return self.side.n_rows - self.start
+
+    def read(self, start: int, stop: int) -> Float32Array:
+        """Rows ``[start, stop)`` of the range."""
+        return self.side.read(self.start + start, self.start + stop)
 
 
 def match(
@@ -193,8 +381,10 @@ def match(
     k: int = DEFAULT_K,
     max_results: int | None = DEFAULT_MAX_RESULTS,
     overwrite: bool = False,
+    state: str | Path | None = None,
+    tiling: Tiling | None = None,
     progress: bool = False,
-) -> MatchResult:
+) -> RankedMatches:
     """Match queries against references and write track-1 predictions.
 
     Parameters
@@ -207,19 +397,145 @@ def match(
         Candidates kept per query.
     max_results : int or None
         Size of the global top list over all queries (None keeps all candidates).
+    overwrite : bool
+        Replace existing outputs (predictions and state).
+    state : str or Path, optional
+        Also save the match state here, for :func:`update_match` to merge references
+        that arrive later.
+    tiling : Tiling, optional
+        Block sizes and threads; the result does not depend on them.
 
     Returns
     -------
-    MatchResult
+    RankedMatches
         The pairs written, in output order.
     """
-    if Path(out).exists() and not overwrite:
-        raise OutputExistsError(f"{out}: output already exists (use --overwrite to replace it)")
+    _check_options(k, max_results)
+    _refuse_existing(overwrite, out, state)
     queries = ScoringSide.open(queries_path, "query")
     references = ScoringSide.open(references_path, "reference")
     check_compatible(queries, references)
-    candidates = per_query_top_k(queries, references, k, progress=progress)
-    q_ids, r_ids = queries.source.ids, references.source.ids
-    result = global_top(candidates, q_ids, r_ids, max_results)
-    write_predictions(out, result, q_ids, r_ids)
+    plan = (tiling or Tiling()).plan(queries.n_rows, references.n_rows)
+    reference_ids = references.source.ids
+    top = top_k_per_query(queries, references, id_ranks(reference_ids), k, plan, progress)
+    candidate_ids = reference_ids[top.rows]
+    result = rank_globally(
+        queries.source.ids, top.scores, candidate_ids, max_results, references.n_rows
+    )
+    write_predictions(out, result, overwrite=overwrite)
+    if state is not None:
+        MatchState(
+            k=k,
+            model_fingerprint=queries.fingerprint,
+            base_dim=queries.base_dim,
+            queries_path=str(Path(queries_path).resolve()),
+            queries_identity=queries.source.identity(),
+            queries_digest=top.query_digest,
+            scores=top.scores,
+            reference_ids=candidate_ids,
+            seen_ids=np.sort(reference_ids),
+            batches=[_batch(references)],
+        ).save(state, overwrite=overwrite)
     return result
+
+
+def update_match(
+    state_path: str | Path,
+    references_path: str | Path,
+    out: str | Path,
+    *,
+    k: int | None = None,
+    max_results: int | None = DEFAULT_MAX_RESULTS,
+    overwrite: bool = False,
+    state_out: str | Path | None = None,
+    tiling: Tiling | None = None,
+    progress: bool = False,
+) -> RankedMatches:
+    """Merge a new batch of references into a match state and write predictions.
+
+    The queries are re-read from the path recorded in the state; their ids and vectors
+    must be unchanged. Only the new references are searched. The predictions cover
+    every reference seen so far and are byte-identical to those of a single
+    :func:`match` over all of them together. Nothing is written when the batch is
+    refused.
+
+    Parameters
+    ----------
+    state_path : str or Path
+        A state saved by ``match(..., state=...)`` or by an earlier update.
+    references_path : str or Path
+        A store of new references, or a store merged before that has since grown by
+        appending: then only the rows after the merged prefix are new. A new row whose
+        id was seen before is refused.
+    out : str or Path
+        Predictions file (``.csv`` or ``.parquet``).
+    k : int, optional
+        Must equal the state's k when given.
+    max_results : int or None
+        Size of the global top list (None keeps all candidates).
+    overwrite : bool
+        Replace an existing predictions file (and ``state_out``).
+    state_out : str or Path, optional
+        Where the updated state goes; by default it replaces ``state_path``.
+    tiling : Tiling, optional
+
+    Raises
+    ------
+    StateMismatchError
+        A different k, an id already merged (or a store with no new rows), or queries
+        that changed.
+    ModelMismatchError
+        References made with another model than the state.
+    """
+    _check_options(k, max_results)
+    target = Path(state_out) if state_out is not None else Path(state_path)
+    _refuse_existing(overwrite, out, None if target == Path(state_path) else target)
+    state = MatchState.load(state_path)
+    state.check_k(k, state_path)
+    references = ScoringSide.open(references_path, "reference")
+    state.check_model(references.fingerprint, references.base_dim, str(references_path))
+    source = references.source
+    first = state.first_new_row(str(Path(source.path).resolve()), source.ids, source.vectors)
+    new_ids = source.ids[first:]
+    if not len(new_ids):
+        raise StateMismatchError(
+            f"{references_path}: all {first} references were already merged into the match "
+            "state; nothing new to add"
+        )
+    state.check_new_ids(new_ids, str(references_path))
+    queries = ScoringSide.open(state.queries_path, "query")
+    state.check_model(queries.fingerprint, queries.base_dim, state.queries_path)
+    state.check_queries(queries.source.identity())
+    check_compatible(queries, references)
+    plan = (tiling or Tiling()).plan(queries.n_rows, len(new_ids))
+    top = top_k_per_query(
+        queries, RowRange(references, first), id_ranks(new_ids), state.k, plan, progress
+    )
+    if top.query_digest != state.queries_digest:
+        raise StateMismatchError(
+            f"{state.queries_path}: the query vectors changed since the match state was made"
+        )
+    updated = state.merged(top.scores, new_ids[top.rows], new_ids, _batch(references, first))
+    result = rank_globally(
+        queries.source.ids, updated.scores, updated.reference_ids, max_results, updated.n_seen
+    )
+    # Predictions first: if the state write were lost, re-running the update redoes both.
+    write_predictions(out, result, overwrite=overwrite)
+    updated.save(target, overwrite=True)
+    return result
+
+
+__all__ = [
+    "DEFAULT_K",
+    "DEFAULT_MAX_RESULTS",
+    "MatchResult",
+    "RankedMatches",
+    "ScoringSide",
+    "Tiling",
+    "check_compatible",
+    "global_top",
+    "id_ranks",
+    "match",
+    "rank_globally",
+    "update_match",
+]

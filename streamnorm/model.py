@@ -21,10 +21,12 @@ from typing import Any
 
 import faiss
 import numpy as np
+import psutil
 
 from streamnorm.config import NormalizationParams, params_from_dict
 from streamnorm.encoding import Role, encode
 from streamnorm.errors import ConfigError, InputError
+from streamnorm.ivf import IVFExactTopK, build_ivf, default_nlist
 from streamnorm.kernel import Float32Array, Float64Array, l2_normalize
 from streamnorm.neighbours import ExactTopK
 from streamnorm.progress import track
@@ -34,6 +36,7 @@ from streamnorm.statistics import background
 
 MODEL_FILE = "model.json"
 INDEX_FILE = "index.faiss"
+VECTORS_FILE = "vectors.npy"
 _FIT_BLOCK_ROWS = 65536
 
 
@@ -57,12 +60,16 @@ class Normalizer:
 
     def __init__(self, params: NormalizationParams) -> None:
         self.params = params
-        self.index_: faiss.IndexFlatIP | None = None
+        self.index_: faiss.Index | None = None
+        self.index_kind_: str = "flat"
+        self.index_report_: dict[str, Any] = {}
         self.fingerprint_: str | None = None
         self.n_train_: int = 0
         self.dim_: int = 0
         self.training_source_: dict[str, Any] = {}
+        self._vectors: Float32Array | None = None
         self._searcher: ExactTopK | None = None
+        self._searcher_lock = threading.Lock()
 
     # -- fitting -----------------------------------------------------------------------
     def fit(self, source: DescriptorSource, progress: bool = False) -> Normalizer:
@@ -72,21 +79,44 @@ class Normalizer:
                 f"the statistic needs {self.params.depth} training neighbours but "
                 f"{source.path} has only {source.n_rows} vectors"
             )
-        index = faiss.IndexFlatIP(source.dim)
+        kind, reason = choose_index(self.params, source.n_rows, source.dim)
         digest = hashlib.sha256()
+        flat = faiss.IndexFlatIP(source.dim)
         blocks = range(0, source.n_rows, _FIT_BLOCK_ROWS)
-        for start in track(blocks, "fit: indexing training set", enabled=progress):
+        for start in track(blocks, "fit: reading training set", enabled=progress):
             block = l2_normalize(source.read(start, min(source.n_rows, start + _FIT_BLOCK_ROWS)))
             digest.update(block.tobytes())
-            index.add(block)
+            flat.add(block)
         digest.update(self._params_json().encode())
-        self.index_ = index
         self.fingerprint_ = digest.hexdigest()
         self.n_train_ = source.n_rows
         self.dim_ = source.dim
         self.training_source_ = {"path": source.path, "rows": source.n_rows, "dim": source.dim}
+        self.index_kind_ = kind
+        self.index_report_ = {"kind": kind, "reason": reason}
+        if kind == "flat":
+            self.index_, self._vectors = flat, None
+        else:
+            # The flat index's storage is the training matrix; copy it out, then free it.
+            self._vectors = np.array(_flat_vectors(flat))
+            del flat
+            nlist = self.params.ivf_nlist or default_nlist(self.n_train_)
+            self.index_ = build_ivf(self._vectors, min(nlist, self.n_train_))
+            self.index_report_["nth_neighbour_recall"] = self._measure_recall()
         self._searcher = None
         return self
+
+    def _measure_recall(self, sample: int = 500) -> float:
+        """Share of sampled training vectors whose n-th neighbour the index finds exactly."""
+        rng = np.random.default_rng(0)
+        rows = np.sort(rng.choice(self.n_train_, size=min(sample, self.n_train_), replace=False))
+        queries = self.training_vectors[rows]
+        depth = self.params.depth
+        approx, _ = self._search().search(queries, depth)
+        exact, _ = ExactTopK(self.training_vectors, margin=self.params.candidate_margin).search(
+            queries, depth
+        )
+        return float(np.mean(approx[:, -1] == exact[:, -1]))
 
     def _params_json(self) -> str:
         return json.dumps(self.params.model_dump(), sort_keys=True)
@@ -94,22 +124,29 @@ class Normalizer:
     # -- transforming ------------------------------------------------------------------
     @property
     def training_vectors(self) -> Float32Array:
-        """The L2-normalized training vectors, viewed in place inside the faiss index."""
+        """The L2-normalized training vectors (viewed in place for the exact index)."""
         index = self._fitted_index()
-        pointer = index.get_xb()
-        return faiss.rev_swig_ptr(pointer, index.ntotal * index.d).reshape(index.ntotal, index.d)
+        if self._vectors is not None:
+            return self._vectors
+        return _flat_vectors(index)
 
-    def _fitted_index(self) -> faiss.IndexFlatIP:
+    def _fitted_index(self) -> faiss.Index:
         if self.index_ is None:
             raise RuntimeError("the normalizer is not fitted")
         return self.index_
 
     def _search(self) -> ExactTopK:
-        if self._searcher is None:
-            self._searcher = ExactTopK(
-                self.training_vectors, self._fitted_index(), margin=self.params.candidate_margin
-            )
-        return self._searcher
+        with self._searcher_lock:
+            if self._searcher is None:
+                margin = self.params.candidate_margin
+                index = self._fitted_index()
+                if isinstance(index, faiss.IndexIVFFlat):
+                    self._searcher = IVFExactTopK(
+                        self.training_vectors, index, self.params.ivf_nprobe, margin=margin
+                    )
+                else:
+                    self._searcher = ExactTopK(self.training_vectors, index, margin=margin)
+            return self._searcher
 
     def neighbour_scores(
         self, block: Float32Array, depth: int
@@ -157,6 +194,7 @@ class Normalizer:
             "dim": self.dim_,
             "output_dim": self.output_dim,
             "training_source": self.training_source_,
+            "index": self.index_report_,
             "versions": package_versions(),
         }
 
@@ -166,7 +204,10 @@ class Normalizer:
         staging = Path(tempfile.mkdtemp(prefix=".model-", dir=target.parent))
         try:
             faiss.write_index(self._fitted_index(), str(staging / INDEX_FILE))
+            if self._vectors is not None:
+                np.save(staging / VECTORS_FILE, self._vectors)
             (staging / MODEL_FILE).write_text(json.dumps(self.metadata(), indent=2))
+            staging.chmod(0o755)  # mkdtemp makes it private
             staging.rename(target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -177,20 +218,55 @@ class Normalizer:
         """Read a model folder written by :meth:`save`."""
         info = read_model_info(path)
         normalizer = cls(params_from_dict(info["params"]))
+        folder = Path(path)
         try:
-            index = faiss.read_index(str(Path(path) / INDEX_FILE))
+            index = faiss.read_index(str(folder / INDEX_FILE))
         except RuntimeError:
             raise InputError(f"{path}: the model's index file is missing or corrupt") from None
         if index.ntotal != info["n_train"] or index.d != info["dim"]:
             raise InputError(f"{path}: the model's index does not match model.json")
-        if not isinstance(index, faiss.IndexFlatIP):
-            raise InputError(f"{path}: the model's index is not an exact inner-product index")
+        if isinstance(index, faiss.IndexIVFFlat):
+            try:
+                # Memory-mapped: worker processes on one machine share the pages.
+                normalizer._vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
+            except (OSError, ValueError):
+                raise InputError(f"{path}: the model's training vectors are missing") from None
+        elif not isinstance(index, faiss.IndexFlatIP):
+            raise InputError(f"{path}: the model's index is of an unsupported kind")
         normalizer.index_ = index
+        normalizer.index_kind_ = info.get("index", {}).get("kind", "flat")
+        normalizer.index_report_ = info.get("index", {})
         normalizer.fingerprint_ = info["fingerprint"]
         normalizer.n_train_ = info["n_train"]
         normalizer.dim_ = info["dim"]
         normalizer.training_source_ = info.get("training_source", {})
         return normalizer
+
+
+def _flat_vectors(index: Any) -> Float32Array:
+    """The vectors stored in an exact index, as a view (no copy)."""
+    pointer = index.get_xb()
+    return faiss.rev_swig_ptr(pointer, index.ntotal * index.d).reshape(index.ntotal, index.d)
+
+
+# Above this many training vectors the exact search dominates the run time.
+_AUTO_IVF_ROWS = 250_000
+
+
+def choose_index(params: NormalizationParams, n_train: int, dim: int) -> tuple[str, str]:
+    """The index kind to build and why (for ``index = "auto"``, by size and memory)."""
+    if params.index != "auto":
+        return params.index, f"asked for {params.index}"
+    if n_train <= _AUTO_IVF_ROWS:
+        return "flat", f"{n_train} training vectors: the exact index is fast enough"
+    needed = 2 * n_train * dim * 4  # IVF keeps the matrix for rescoring and its own lists
+    available = psutil.virtual_memory().available
+    if needed > available // 2:
+        return (
+            "flat",
+            f"an IVF index would need {needed / 2**30:.1f} GiB, too much of the free memory",
+        )
+    return "ivf", f"{n_train} training vectors: IVF is much faster than exact search"
 
 
 def read_model_info(path: str | Path) -> dict[str, Any]:
@@ -210,6 +286,12 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
 
 _CACHE: dict[tuple[str, str], Normalizer] = {}
 _CACHE_LOCK = threading.Lock()
+_LOADS = [0]
+
+
+def models_loaded() -> int:
+    """How many times this process has loaded a model from disk (for diagnostics)."""
+    return _LOADS[0]
 
 
 def cached_model(path: str, fingerprint: str) -> Normalizer:
@@ -219,6 +301,7 @@ def cached_model(path: str, fingerprint: str) -> Normalizer:
         model = _CACHE.get(key)
         if model is None:
             model = Normalizer.load(path)
+            _LOADS[0] += 1
             if model.fingerprint_ != fingerprint:
                 raise InputError(f"{path}: the model changed while the job was running")
             _CACHE[key] = model

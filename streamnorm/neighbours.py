@@ -86,7 +86,7 @@ class ExactTopK:
         ----------
         queries : ndarray of float32, shape (b, d)
         k : int
-            Number of neighbours, at most the database size.
+            Number of neighbours, at most the number of vectors searched.
 
         Returns
         -------
@@ -96,50 +96,76 @@ class ExactTopK:
             Database row numbers, ties ordered by ``tie_keys``.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if not 1 <= k <= self.size:
-            raise ValueError(f"k={k} must be between 1 and the database size {self.size}")
+        context = self._prepare(queries)
+        sizes = self._searchable_sizes(queries.shape[0], context)
+        if k < 1 or (sizes.size and k > sizes.min()):
+            raise ValueError(f"k={k} must be between 1 and the number of vectors searched")
         count = queries.shape[0]
         scores = np.empty((count, k), dtype=np.float64)
         rows = np.empty((count, k), dtype=np.int64)
         query_norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
         bound = float32_dot_error_bound(queries.shape[1], 1.0)
         pending = np.arange(count)
-        fetch = min(self.size, k + self.margin)
+        fetch = k + self.margin
         while pending.size:
-            if fetch >= self.size * _EXHAUSTIVE_FRACTION and fetch < self.size:
-                self.fallback_rows += pending.size
-                for row in pending:
-                    scores[row], rows[row] = self._exhaustive(queries[row], k)
+            complete = fetch >= sizes[pending]
+            wide = ~complete & (fetch >= sizes[pending] * _EXHAUSTIVE_FRACTION)
+            for row in pending[wide]:
+                self.fallback_rows += 1
+                scores[row], rows[row] = self._exhaustive(queries[row], int(row), k, context)
+            pending = pending[~wide]
+            if not pending.size:
                 break
-            approx, found = self._propose(queries[pending], fetch)
-            exact = candidate_scores(queries[pending], self.database, found)
+            approx, found = self._propose(queries[pending], pending, fetch, context)
+            valid = found >= 0  # faiss pads with -1 when fewer vectors than asked exist
+            exact = candidate_scores(queries[pending], self.database, np.where(valid, found, 0))
+            exact[~valid] = -np.inf
             top_scores, top_rows = self._select(exact, found, k)
             scores[pending], rows[pending] = top_scores, top_rows
-            if fetch >= self.size:
-                break
             # The lowest faiss score among the candidates caps every unseen vector.
+            lowest = np.where(valid, approx, np.inf).min(axis=1).astype(np.float64)
             margin = bound * query_norms[pending] * self._max_norm
-            certified = top_scores[:, -1] > approx[:, -1].astype(np.float64) + margin
+            certified = complete[~wide] | (top_scores[:, -1] > lowest + margin)
             pending = pending[~certified]
-            fetch = min(self.size, fetch * 4)
+            fetch *= 4
         return scores, rows
 
-    def _propose(self, queries: Float32Array, fetch: int) -> tuple[Float32Array, IndexArray]:
+    # -- hooks that an index with restricted search sets (IVF) overrides ----------------
+    def _prepare(self, queries: Float32Array) -> object:
+        return None
+
+    def _searchable_sizes(self, count: int, context: object) -> IndexArray:
+        return np.full(count, self.size, dtype=np.int64)
+
+    def _propose(
+        self, queries: Float32Array, rows: IndexArray, fetch: int, context: object
+    ) -> tuple[Float32Array, IndexArray]:
         assert self.index is not None
-        approx, found = self.index.search(queries, fetch)
-        # faiss pads with -1 only when fetch exceeds the database, which never happens here.
+        approx, found = self.index.search(queries, min(fetch, self.size))
         return approx, found.astype(np.int64, copy=False)
 
     def _select(
         self, exact: Float64Array, found: IndexArray, k: int
     ) -> tuple[Float64Array, IndexArray]:
         assert self.tie_keys is not None
-        keys = self.tie_keys[found]
+        keys = np.where(found >= 0, self.tie_keys[np.maximum(found, 0)], np.iinfo(np.int64).max)
         order = np.lexsort((keys, -exact), axis=-1)[:, :k]
         return np.take_along_axis(exact, order, 1), np.take_along_axis(found, order, 1)
 
-    def _exhaustive(self, query: Float32Array, k: int) -> tuple[Float64Array, IndexArray]:
+    def _exhaustive(
+        self, query: Float32Array, row: int, k: int, context: object
+    ) -> tuple[Float64Array, IndexArray]:
+        return self._exhaustive_over(query, None, k)
+
+    def _exhaustive_over(
+        self, query: Float32Array, members: IndexArray | None, k: int
+    ) -> tuple[Float64Array, IndexArray]:
+        """Exact top-k over some database rows (all of them when ``members`` is None)."""
         assert self.tie_keys is not None
-        exact = all_scores(query, self.database)
-        order = np.lexsort((self.tie_keys, -exact))[:k]
-        return exact[order], order.astype(np.int64)
+        if members is None:
+            exact, keys = all_scores(query, self.database), self.tie_keys
+            members = np.arange(self.size, dtype=np.int64)
+        else:
+            exact, keys = all_scores(query, self.database[members]), self.tie_keys[members]
+        order = np.lexsort((keys, -exact))[:k]
+        return exact[order], members[order]

@@ -3,8 +3,15 @@
 Each task opens the input and the model by path (through per-process caches, so a worker
 loads the model once per run, not once per task), reads its rows, normalizes them,
 writes them into exactly one chunk of the output store, then sets that chunk's
-done-marker. Nothing is ever gathered on the client, so memory is bounded by the chunk
-size times the tasks in flight, plus the model.
+done-marker. Nothing is gathered on the client, so memory is bounded by the chunk size
+times the tasks in flight, plus the model.
+
+A run always has one *pending batch*: the input rows being added, ``[start, stop)`` of
+the store. A fresh run's batch starts at 0; an append's batch starts at the old row
+count. Store rows before the batch are already final, so a chunk that straddles the
+boundary takes them back from the store and computes only the new rows. Because every
+row is a pure function of its input row, and chunks are laid out by row number, the
+result is byte-identical to processing everything in one go.
 """
 
 from __future__ import annotations
@@ -17,21 +24,30 @@ from typing import Any
 
 import dask
 import faiss
+import numpy as np
+import zarr
 from threadpoolctl import threadpool_limits
 
 from streamnorm.encoding import Role, extra_dims, normalized_sides
-from streamnorm.errors import InputError, ModelMismatchError, OutputExistsError
+from streamnorm.errors import ModelMismatchError, OutputExistsError
 from streamnorm.model import cached_model, read_model_info
 from streamnorm.progress import dask_progress
 from streamnorm.provenance import package_versions
-from streamnorm.schedulers import compute, default_workers
-from streamnorm.sources import DescriptorSource, open_source
-from streamnorm.store import ChunkedStore, prepare_output, store_status, write_chunk
+from streamnorm.schedulers import check_scheduler, compute, default_workers, parallel_tasks
+from streamnorm.sources import DescriptorSource, check_unique_ids, open_source
+from streamnorm.store import (
+    ChunkedStore,
+    array,
+    chunk_ranges,
+    prepare_output,
+    store_status,
+    write_chunk,
+)
 
 DEFAULT_CHUNK_ROWS = 8192
 TASK_PREFIX = "normalize-chunk"
 
-_SOURCES: dict[tuple[str, str | None], DescriptorSource] = {}
+_SOURCES: dict[tuple[str, str | None, str], DescriptorSource] = {}
 _SOURCES_LOCK = threading.Lock()
 
 
@@ -41,44 +57,61 @@ class NormalizeResult:
 
     path: str
     rows: int
+    rows_added: int
     chunks_computed: int
     chunks_reused: int
     seconds: float
 
 
-def _cached_source(path: str, ids_path: str | None) -> DescriptorSource:
-    key = (path, ids_path)
+@dataclass(frozen=True)
+class ChunkJob:
+    """Everything a worker needs to produce one output chunk; small and picklable."""
+
+    source_path: str
+    ids_path: str | None
+    source_sha: str
+    model_path: str
+    fingerprint: str
+    role: Role
+    out: str
+    batch_start: int
+    threads: int
+
+
+def _cached_source(job: ChunkJob) -> DescriptorSource:
+    key = (job.source_path, job.ids_path, job.source_sha)
     with _SOURCES_LOCK:
         if key not in _SOURCES:
-            _SOURCES[key] = open_source(path, ids_path)
+            _SOURCES[key] = open_source(job.source_path, job.ids_path)
         return _SOURCES[key]
 
 
-def _normalize_chunk(
-    source_path: str,
-    ids_path: str | None,
-    model_path: str,
-    fingerprint: str,
-    role: Role,
-    out: str,
-    chunk: tuple[int, int, int],
-    threads: int,
-) -> int:
+def normalize_chunk(job: ChunkJob, chunk: tuple[int, int, int]) -> int:
+    """Compute and write one output chunk, then set its done-marker.
+
+    Rows of the chunk that precede the pending batch are already final in the store and
+    are carried over; the others are computed from the input.
+    """
     index, start, stop = chunk
     # Thread pools are per calling thread, so size them here, inside the task.
-    faiss.omp_set_num_threads(threads)
-    with threadpool_limits(limits=threads):
-        source = _cached_source(source_path, ids_path)
-        model = cached_model(model_path, fingerprint)
-        normalized = model.transform(source.read(start, stop))
-        vectors = model.encode(normalized, role)
-        return write_chunk(out, index, start, vectors, normalized.background)
+    faiss.omp_set_num_threads(job.threads)
+    with threadpool_limits(limits=job.threads):
+        model = cached_model(job.model_path, job.fingerprint)
+        first_new = max(start, job.batch_start)
+        normalized = model.transform(
+            _cached_source(job).read(first_new - job.batch_start, stop - job.batch_start)
+        )
+        vectors = model.encode(normalized, job.role)
+        background = normalized.background
+        if first_new > start:
+            group = zarr.open_group(job.out, mode="r")
+            vectors = np.concatenate([array(group, "vectors")[start:first_new], vectors])
+            background = np.concatenate([array(group, "background")[start:first_new], background])
+        return write_chunk(job.out, index, start, vectors, background)
 
 
-def output_attrs(
-    source: DescriptorSource, model_path: str, info: dict[str, Any], role: Role
-) -> dict[str, Any]:
-    """Provenance recorded in a normalized store."""
+def output_attrs(model_path: str, info: dict[str, Any], role: Role) -> dict[str, Any]:
+    """What every batch of a normalized store must agree on, plus provenance."""
     from streamnorm.config import params_from_dict
 
     params = params_from_dict(info["params"])
@@ -91,20 +124,12 @@ def output_attrs(
         "encoding": {
             "metric": params.metric,
             "base_dim": info["dim"],
+            "output_dim": info["output_dim"],
             "extra_dims": extra_dims(params),
             "sides": normalized_sides(params),
         },
-        "input": source.identity(),
         "versions": package_versions(),
     }
-
-
-def _same_job(existing: dict[str, Any], wanted: dict[str, Any]) -> str | None:
-    """Why an incomplete store cannot be resumed by this command, or None if it can."""
-    for key, label in (("model_fingerprint", "model"), ("role", "role"), ("input", "input")):
-        if existing.get(key) != wanted.get(key):
-            return f"it was started with a different {label}"
-    return None
 
 
 def normalize(
@@ -116,11 +141,12 @@ def normalize(
     chunk_rows: int | None = None,
     ids_path: str | Path | None = None,
     overwrite: bool = False,
+    append: bool = False,
     scheduler: str = "threads",
     workers: int | None = None,
     progress: bool = False,
 ) -> NormalizeResult:
-    """Normalize every row of an input through a fitted model into a new store.
+    """Normalize every row of an input through a fitted model into a store.
 
     Parameters
     ----------
@@ -131,10 +157,12 @@ def normalize(
     role : {"query", "reference"}
         Which side of the track-2 encoding the vectors get.
     out : str or Path
-        The normalized store to write. An incomplete store left by the same command
-        is resumed; anything else that exists is refused unless ``overwrite``.
+        The normalized store. An incomplete store left by the same command is resumed;
+        anything else that exists is refused unless ``overwrite`` (or ``append``).
     chunk_rows : int, optional
-        Rows per task and per output chunk.
+        Rows per task and per output chunk (fixed when the store is created).
+    append : bool
+        Add the input's rows after the store's existing rows.
     scheduler : str
         A dask scheduler name: ``threads``, ``processes`` or ``synchronous``.
     workers : int, optional
@@ -145,6 +173,7 @@ def normalize(
     NormalizeResult
     """
     began = time.perf_counter()
+    check_scheduler(scheduler)
     source = open_source(input_path, ids_path)
     info = read_model_info(model_path)
     if source.dim != info["dim"]:
@@ -152,83 +181,164 @@ def normalize(
             f"{source.path}: vectors have dimension {source.dim} but the model "
             f"{model_path} was fitted on dimension {info['dim']}"
         )
-    attrs = output_attrs(source, str(model_path), info, role)
-    store = _open_or_create(out, source, attrs, chunk_rows, overwrite)
-    created = store is None
-    if store is None:
-        store = ChunkedStore.create(
-            out,
-            source.n_rows,
-            info["dim"] + attrs["encoding"]["extra_dims"],
-            chunk_rows or DEFAULT_CHUNK_ROWS,
-            attrs,
-            with_background=True,
-            ids=source.ids,
-        )
+    attrs = output_attrs(str(model_path), info, role)
+    batch = {"input": source.identity()}
+    store, created = _plan(out, source, attrs, batch, chunk_rows, overwrite, append)
+    batch_start = int(store.attrs["pending"]["start"])
     pending = store.pending_chunks()
-    workers = workers or default_workers()
-    # faiss threads per task, so that tasks x threads never exceeds the cores.
-    threads = max(1, default_workers() // workers)
+    job = ChunkJob(
+        source_path=source.path,
+        ids_path=None if ids_path is None else str(ids_path),
+        source_sha=batch["input"]["sha256"],
+        model_path=str(model_path),
+        fingerprint=info["fingerprint"],
+        role=role,
+        out=str(out),
+        batch_start=batch_start,
+        # faiss threads per task, so that tasks x threads never exceeds the cores.
+        threads=max(1, default_workers() // parallel_tasks(scheduler, workers)),
+    )
     tasks = [
-        dask.delayed(_normalize_chunk, pure=False)(
-            source.path,
-            None if ids_path is None else str(ids_path),
-            str(model_path),
-            info["fingerprint"],
-            role,
-            str(out),
-            chunk,
-            threads,
-            dask_key_name=f"{TASK_PREFIX}-{chunk[0]}",
+        dask.delayed(normalize_chunk, pure=False)(
+            job, chunk, dask_key_name=f"{TASK_PREFIX}-{chunk[0]}"
         )
         for chunk in pending
     ]
     try:
-        with dask_progress(f"normalize {role} vectors", len(tasks), TASK_PREFIX, enabled=progress):
-            compute(tasks, scheduler, workers)
-        store.mark_complete()
+        description = f"normalize {role} vectors"
+        with dask_progress(description, len(tasks), TASK_PREFIX, enabled=progress):
+            compute(tasks, scheduler, workers, description, progress)
+        _finish(store)
     except BaseException:
         if created:
-            # A fresh output that failed on bad input is removed rather than left behind.
+            # A fresh output that failed (bad input, interrupt) is removed, not left behind.
             prepare_output(out, overwrite=True)
         raise
     total_chunks = -(-store.n_rows // store.chunk_rows)
     return NormalizeResult(
         str(out),
         store.n_rows,
+        store.n_rows - batch_start,
         len(pending),
         total_chunks - len(pending),
         time.perf_counter() - began,
     )
 
 
-def _open_or_create(
+def _finish(store: ChunkedStore) -> None:
+    attrs = store.attrs
+    batches = [*attrs.get("batches", []), attrs["pending"]]
+    store.mark_complete({"batches": batches, "pending": None})
+
+
+def _plan(
     out: str | Path,
     source: DescriptorSource,
     attrs: dict[str, Any],
+    batch: dict[str, Any],
     chunk_rows: int | None,
     overwrite: bool,
-) -> ChunkedStore | None:
-    """The store to resume, or None after clearing the way for a new one."""
+    append: bool,
+) -> tuple[ChunkedStore, bool]:
+    """The store to write into, and whether this run created it.
+
+    Every refusal happens before anything is modified.
+    """
     status = store_status(out)
-    if status is None:
-        return None
-    if overwrite:
+    if status is not None and overwrite and not append:
         prepare_output(out, overwrite=True)
-        return None
-    if status.get("status") != "incomplete":
-        raise OutputExistsError(f"{out}: output already exists (use --overwrite to replace it)")
-    reason = _same_job(status, attrs)
-    if reason is None and chunk_rows is not None and chunk_rows != status.get("chunk_rows"):
-        reason = f"it uses {status.get('chunk_rows')} rows per chunk, not {chunk_rows}"
-    if reason is not None:
+        status = None
+    if status is None:
+        return _create(out, source, attrs, batch, chunk_rows), True
+    if status.get("kind") != "normalized":
+        raise OutputExistsError(f"{out}: exists and is not a normalized store (use --overwrite)")
+    reason = _incompatibility(status, attrs, source)
+    if status.get("status") == "complete":
+        if not append:
+            raise OutputExistsError(f"{out}: output already exists (use --overwrite to replace it)")
+        if reason:
+            raise ModelMismatchError(f"{out}: cannot append: {reason}")
+        return _begin_append(out, source, batch), False
+    pending = status.get("pending") or {}
+    if pending.get("input") != batch["input"]:
+        reason = reason or "it was started with a different input"
+    if not append and pending.get("start", 0) != 0:
+        reason = reason or "it is an interrupted --append; rerun that command with --append"
+    if chunk_rows is not None and chunk_rows != status.get("chunk_rows"):
+        reason = reason or f"it uses {status.get('chunk_rows')} rows per chunk, not {chunk_rows}"
+    if reason:
         raise OutputExistsError(
             f"{out}: an incomplete output is there but cannot be resumed: {reason} "
             "(use --overwrite to start again)"
         )
     store = ChunkedStore.open(out)
-    if store.n_rows != source.n_rows:
-        raise InputError(
-            f"{out}: incomplete output sized for {store.n_rows} rows, input has {source.n_rows}"
-        )
+    start = int(pending["start"])
+    if start == 0 and not store.is_intact():
+        # A crash while the store was being created: nothing in it is worth keeping.
+        prepare_output(out, overwrite=True)
+        return _create(out, source, attrs, batch, chunk_rows or status.get("chunk_rows")), True
+    # An interrupted append may have stopped before growing the arrays: finish that step.
+    _grow(store, source, start)
+    return store, False
+
+
+def _incompatibility(
+    status: dict[str, Any], attrs: dict[str, Any], source: DescriptorSource
+) -> str:
+    if status.get("model_fingerprint") != attrs["model_fingerprint"]:
+        return "it was made with a different model"
+    if status.get("role") != attrs["role"]:
+        return f"it holds {status.get('role')} vectors, not {attrs['role']} vectors"
+    if status.get("encoding", {}).get("base_dim") != source.dim:
+        return "its dimension differs from the input's"
+    return ""
+
+
+def _create(
+    out: str | Path,
+    source: DescriptorSource,
+    attrs: dict[str, Any],
+    batch: dict[str, Any],
+    chunk_rows: int | None,
+) -> ChunkedStore:
+    pending = {**batch, "start": 0, "stop": source.n_rows}
+    return ChunkedStore.create(
+        out,
+        source.n_rows,
+        attrs["encoding"]["output_dim"],
+        chunk_rows or DEFAULT_CHUNK_ROWS,
+        {**attrs, "batches": [], "pending": pending},
+        with_background=True,
+        ids=source.ids,
+    )
+
+
+def _begin_append(out: str | Path, source: DescriptorSource, batch: dict[str, Any]) -> ChunkedStore:
+    store = ChunkedStore.open(out)
+    old_rows = store.n_rows
+    existing = np.array(np.asarray(array(store.group, "ids")[:]).tolist()).astype(str)
+    check_unique_ids(np.concatenate([existing, source.ids]), f"{out} + {source.path}")
+    # Declared first, so a crash at any later point is recognised and resumable.
+    store.update_attrs(
+        {
+            "status": "incomplete",
+            "pending": {**batch, "start": old_rows, "stop": old_rows + source.n_rows},
+        }
+    )
+    _grow(store, source, old_rows)
     return store
+
+
+def _grow(store: ChunkedStore, source: DescriptorSource, old_rows: int) -> None:
+    """Size the arrays for the pending batch and write its ids; safe to repeat."""
+    chunk_rows = store.chunk_rows
+    new_rows = old_rows + source.n_rows
+    if old_rows % chunk_rows:
+        # The last old chunk gains rows: it must be rewritten, so it is no longer done.
+        array(store.group, "done")[old_rows // chunk_rows] = 0
+    store.resize(new_rows)
+    ids = array(store.group, "ids")
+    for _, start, stop in chunk_ranges(new_rows, chunk_rows):
+        if stop > old_rows:
+            begin = max(start, old_rows)
+            ids[begin:stop] = source.ids[begin - old_rows : stop - old_rows]

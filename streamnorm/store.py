@@ -46,8 +46,14 @@ def chunk_ranges(n_rows: int, chunk_rows: int) -> Iterator[tuple[int, int, int]]
 
 
 def store_status(path: str | Path) -> dict[str, Any] | None:
-    """The streamnorm attributes of an existing store, or None when there is none."""
+    """The streamnorm attributes of an existing store, or None when there is none.
+
+    A folder holding nothing but temporary files is what a crash leaves when it strikes
+    before a store's first metadata write; it is cleared and counts as no store.
+    """
     location = Path(path)
+    if location.is_dir() and all(p.name.endswith(".partial") for p in location.iterdir()):
+        shutil.rmtree(location)
     if not location.exists():
         return None
     try:
@@ -92,7 +98,11 @@ class ChunkedStore:
         ids: np.ndarray | None = None,
     ) -> ChunkedStore:
         """Create an empty, incomplete store; ids are written now or with each chunk."""
-        group = zarr.open_group(str(path), mode="w-")
+        # The group is born marked incomplete, so a crash at any point is recognisable.
+        marked: dict[str, Any] = {
+            ATTRS_KEY: {**attrs, "status": "incomplete", "chunk_rows": chunk_rows}
+        }
+        group = zarr.open_group(str(path), mode="w-", attributes=marked)
         group.create_array(
             "vectors", shape=(n_rows, dim), chunks=(chunk_rows, dim), dtype="float32"
         )
@@ -104,7 +114,6 @@ class ChunkedStore:
         if ids is not None:
             for _, start, stop in chunk_ranges(n_rows, chunk_rows):
                 id_array[start:stop] = ids[start:stop]
-        group.attrs.update({ATTRS_KEY: {**attrs, "status": "incomplete", "chunk_rows": chunk_rows}})
         return cls(str(path), group)
 
     @classmethod
@@ -115,6 +124,11 @@ class ChunkedStore:
         except Exception:
             raise InputError(f"{path}: not a streamnorm store") from None
         return cls(str(path), group)
+
+    def is_intact(self) -> bool:
+        """True when every array a crash during creation could have left out is there."""
+        needed = {"vectors", "ids", "done"}
+        return needed <= set(self.group.array_keys())
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -136,12 +150,33 @@ class ChunkedStore:
         done = np.asarray(array(self.group, "done")[:])
         return [c for c in chunk_ranges(self.n_rows, self.chunk_rows) if not done[c[0]]]
 
+    def update_attrs(self, changes: dict[str, Any]) -> None:
+        """Change some streamnorm attributes in one metadata write."""
+        self.group.attrs.update({ATTRS_KEY: {**self.attrs, **changes}})
+
+    def resize(self, n_rows: int) -> None:
+        """Grow every row array to ``n_rows`` (a metadata change) and add done-markers."""
+        for name in ("vectors", "background", "ids"):
+            if name in self.group:
+                member = array(self.group, name)
+                member.resize((n_rows, *member.shape[1:]))
+        done = array(self.group, "done")
+        n_chunks = -(-n_rows // self.chunk_rows)
+        if done.shape[0] != n_chunks:
+            old = done.shape[0]
+            done.resize((n_chunks,))
+            # Markers of new chunks must read as not done, whatever a crash left there.
+            done[old:n_chunks] = 0
+
     def mark_complete(self, extra: dict[str, Any] | None = None) -> None:
         """Declare the store complete after checking every done-marker."""
         missing = self.pending_chunks()
         if missing:
             raise RuntimeError(f"{self.path}: {len(missing)} chunks were not written")
         self.group.attrs.update({ATTRS_KEY: {**self.attrs, **(extra or {}), "status": "complete"}})
+        # Temporary files of writes that a crash cut short are no use any more.
+        for leftover in Path(self.path).rglob("*.partial"):
+            leftover.unlink(missing_ok=True)
 
 
 def write_chunk(

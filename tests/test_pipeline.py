@@ -37,7 +37,8 @@ def test_provenance_attributes(small_data, isc21_model, tmp_path):
     attrs = zarr.open_group(str(out), mode="r").attrs[ATTRS_KEY]
     assert attrs["status"] == "complete" and attrs["role"] == "reference"
     assert attrs["params"]["n"] == 10 and len(attrs["model_fingerprint"]) == 64
-    assert attrs["input"]["rows"] == len(small_data.refs) and "numpy" in attrs["versions"]
+    assert attrs["batches"][0]["input"]["rows"] == len(small_data.refs)
+    assert "numpy" in attrs["versions"]
     # The reference side of query-side L2 encoding is a zero extra dimension.
     assert not arrays(out)["vectors"][:, -1].any()
 
@@ -91,7 +92,8 @@ def test_interrupted_output_is_resumed_to_the_same_bytes(
     group["done"][1] = 0
     group["done"][3] = 0
     group["vectors"][32:64] = 7.0
-    group.attrs[ATTRS_KEY] = {**group.attrs[ATTRS_KEY], "status": "incomplete"}
+    attrs = group.attrs[ATTRS_KEY]
+    group.attrs[ATTRS_KEY] = {**attrs, "status": "incomplete", "pending": attrs["batches"][0]}
     with pytest.raises(InputError, match="incomplete"):
         normalize(out, isc21_model, "query", tmp_path / "again.zarr")
     result = normalize(small_data.queries_path, isc21_model, "query", out)
@@ -107,7 +109,7 @@ def test_existing_outputs_are_refused_or_replaced(small_data, isc21_model, tmp_p
     normalize(small_data.queries_path, isc21_model, "query", out, overwrite=True)
     group = zarr.open_group(str(out), mode="r+")
     group.attrs[ATTRS_KEY] = {**group.attrs[ATTRS_KEY], "status": "incomplete"}
-    with pytest.raises(OutputExistsError, match="different role"):
+    with pytest.raises(OutputExistsError, match="holds query vectors, not reference"):
         normalize(small_data.queries_path, isc21_model, "reference", out)
 
 

@@ -1,0 +1,167 @@
+"""Benchmark of ``streamnorm match`` against the plain in-memory faiss search a user would write.
+
+Random unit vectors are written to temporary zarr stores. Then:
+
+* ``streamnorm match`` runs in this process (throughput);
+* the same command runs in a child process, whose peak resident memory is read from
+  the kernel's accounting for that one child (``os.wait4``), so nothing else this
+  process did can inflate it;
+* the baseline loads both stores into memory, adds the references to a
+  ``faiss.IndexFlatIP`` and searches all queries for their top k, with faiss's default
+  threads: exactly what the ISC21 scripts do.
+
+Throughput is in query-reference pairs per second.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from streamnorm.match_tiles import available_cores
+from streamnorm.matching import match
+from streamnorm.sources import open_source
+from streamnorm.store import ChunkedStore, chunk_ranges, write_chunk
+
+_STORE_CHUNK_ROWS = 32768
+
+
+def write_random_store(path: Path, n_rows: int, dim: int, seed: int, prefix: str) -> Path:
+    """A raw descriptor store of random unit vectors, generated one chunk at a time."""
+    store = ChunkedStore.create(
+        path, n_rows, dim, _STORE_CHUNK_ROWS, {"kind": "descriptors"}, with_background=False
+    )
+    for index, start, stop in chunk_ranges(n_rows, _STORE_CHUNK_ROWS):
+        rng = np.random.default_rng([seed, index])
+        block = rng.standard_normal((stop - start, dim), dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        ids = np.array([f"{prefix}{row:08d}" for row in range(start, stop)])
+        write_chunk(str(path), index, start, block, ids=ids)
+    store.mark_complete()
+    return path
+
+
+def peak_rss_of_command(args: list[str]) -> tuple[float, int]:
+    """Run a command; return its wall time (s) and its own peak resident memory (bytes)."""
+    began = time.perf_counter()
+    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # wait4 reports the resource usage of exactly this child.
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - began
+    child.returncode = os.waitstatus_to_exitcode(status)
+    stderr = child.stderr.read().decode() if child.stderr else ""
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {stderr.strip()}")
+    # ru_maxrss is in kilobytes on Linux, bytes on macOS.
+    scale = 1 if sys.platform == "darwin" else 1024
+    return seconds, int(usage.ru_maxrss) * scale
+
+
+def faiss_baseline(queries: Path, references: Path, k: int) -> dict[str, float]:
+    """Load everything into memory and search with one ``IndexFlatIP``."""
+    began = time.perf_counter()
+    xq = np.ascontiguousarray(open_source(queries).vectors[:], dtype=np.float32)
+    xb = np.ascontiguousarray(open_source(references).vectors[:], dtype=np.float32)
+    loaded = time.perf_counter()
+    faiss.omp_set_num_threads(available_cores())
+    index = faiss.IndexFlatIP(xb.shape[1])
+    index.add(xb)
+    index.search(xq, k)
+    done = time.perf_counter()
+    return {"load_seconds": loaded - began, "search_seconds": done - loaded}
+
+
+def bench_match(
+    n_queries: int,
+    n_refs: int,
+    dim: int,
+    k: int,
+    seed: int,
+    *,
+    max_results: int = 500_000,
+    workdir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Time ``streamnorm match`` and a plain faiss search on the same random data.
+
+    Parameters
+    ----------
+    n_queries, n_refs, dim : int
+        Size of the problem.
+    k : int
+        Neighbours per query.
+    seed : int
+        Seed of the random data.
+    max_results : int
+        Global top N of the match.
+    workdir : str or Path, optional
+        Where the temporary stores go (default: the system temporary folder).
+
+    Returns
+    -------
+    dict
+        ``streamnorm_pairs_per_s`` (in-process run), ``faiss_pairs_per_s`` (add + search,
+        data already in memory), ``ratio`` (streamnorm / faiss), ``streamnorm_seconds``,
+        ``streamnorm_subprocess_seconds``, ``faiss_seconds``, ``faiss_load_seconds``,
+        ``streamnorm_peak_rss_mb`` (child process), ``in_memory_data_mb`` (what the
+        baseline must hold), ``cores`` and the sizes.
+    """
+    pairs = n_queries * n_refs
+    with tempfile.TemporaryDirectory(prefix="streamnorm-bench-", dir=workdir) as tmp:
+        folder = Path(tmp)
+        queries = write_random_store(folder / "queries.zarr", n_queries, dim, seed, "Q")
+        refs = write_random_store(folder / "refs.zarr", n_refs, dim, seed + 1, "R")
+        # The child runs on its own, so its peak memory is that of the match alone.
+        child_seconds, child_rss = peak_rss_of_command(
+            [
+                sys.executable,
+                "-m",
+                "streamnorm",
+                "match",
+                str(queries),
+                str(refs),
+                "--out",
+                str(folder / "child.csv"),
+                "--k",
+                str(k),
+                "--max-results",
+                str(max_results),
+                "--quiet",
+            ]
+        )
+        began = time.perf_counter()
+        match(queries, refs, folder / "predictions.csv", k=k, max_results=max_results)
+        streamnorm_seconds = time.perf_counter() - began
+        baseline = faiss_baseline(queries, refs, k)
+    faiss_seconds = baseline["search_seconds"]
+    return {
+        "n_queries": n_queries,
+        "n_refs": n_refs,
+        "dim": dim,
+        "k": k,
+        "cores": available_cores(),
+        "streamnorm_seconds": streamnorm_seconds,
+        "streamnorm_subprocess_seconds": child_seconds,
+        "faiss_seconds": faiss_seconds,
+        "faiss_load_seconds": baseline["load_seconds"],
+        "streamnorm_pairs_per_s": pairs / streamnorm_seconds,
+        "faiss_pairs_per_s": pairs / faiss_seconds,
+        "ratio": faiss_seconds / streamnorm_seconds,
+        "streamnorm_peak_rss_mb": child_rss / 2**20,
+        "in_memory_data_mb": (n_queries + n_refs) * dim * 4 / 2**20,
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    # python -m streamnorm.match_bench N_QUERIES N_REFS DIM K SEED
+    sizes = [int(value) for value in sys.argv[1:6]] or [2000, 50000, 256, 10, 0]
+    print(json.dumps(bench_match(*sizes), indent=2))
