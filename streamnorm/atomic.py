@@ -9,31 +9,39 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from streamnorm.errors import OutputExistsError, StreamnormError
+from streamnorm.locations import Location, as_text, exists, is_url, upload
 
 
 @contextmanager
-def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a staging path beside ``target``; rename it into place on success.
+def atomic_output(target: Location, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a local staging path; on success it becomes ``target`` in one step.
+
+    Local targets are staged beside themselves and renamed into place. URL targets are
+    staged in a temporary folder and uploaded once complete (object stores make a
+    single upload visible atomically).
 
     Raises
     ------
     OutputExistsError
         When ``target`` exists and ``overwrite`` is false.
     """
-    final = Path(target)
-    if final.exists() and not overwrite:
-        raise OutputExistsError(f"{final}: output already exists (use --overwrite to replace it)")
-    folder = final.parent
-    if not folder.is_dir():
-        raise StreamnormError(f"{final}: the folder {folder} does not exist")
-    handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=folder)
+    if exists(target) and not overwrite:
+        raise OutputExistsError(f"{target}: output already exists (use --overwrite to replace it)")
+    if is_url(target):
+        folder = Path(tempfile.gettempdir())
+        name = as_text(target).rstrip("/").rsplit("/", 1)[-1]
+    else:
+        folder = Path(target).parent
+        name = Path(target).name
+        if not folder.is_dir():
+            raise StreamnormError(f"{target}: the folder {folder} does not exist")
+    handle, staged = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=folder)
     os.close(handle)
-    staging = Path(name)
+    staging = Path(staged)
     try:
         yield staging
         # mkstemp creates 0600 files; give the result ordinary permissions.
         staging.chmod(0o644)
-        os.replace(staging, final)
-    except BaseException:
+        upload(staging, target)
+    finally:
         staging.unlink(missing_ok=True)
-        raise

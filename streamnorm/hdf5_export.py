@@ -6,13 +6,12 @@ when complete.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import h5py
 import numpy as np
 
 from streamnorm.atomic import atomic_output
 from streamnorm.errors import ModelMismatchError
+from streamnorm.locations import Location
 from streamnorm.sources import DescriptorSource, open_source
 
 _BLOCK_ROWS = 65536
@@ -30,7 +29,7 @@ def _ids_dataset(handle: h5py.File, name: str, ids: np.ndarray) -> None:
     handle.create_dataset(name, data=values, dtype=h5py.string_dtype(encoding="utf-8"))
 
 
-def export_descriptors(store: str | Path, out: str | Path, overwrite: bool = False) -> int:
+def export_descriptors(store: Location, out: Location, overwrite: bool = False) -> int:
     """Write a store as an ISC descriptor file (``vectors``, ``image_names``).
 
     Returns
@@ -46,7 +45,7 @@ def export_descriptors(store: str | Path, out: str | Path, overwrite: bool = Fal
 
 
 def export_submission(
-    queries: str | Path, references: str | Path, out: str | Path, overwrite: bool = False
+    queries: Location, references: Location, out: Location, overwrite: bool = False
 ) -> tuple[int, int]:
     """Write the track-2 submission file (query, reference, query_ids, reference_ids).
 

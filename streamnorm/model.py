@@ -25,9 +25,20 @@ import psutil
 
 from streamnorm.config import NormalizationParams, params_from_dict
 from streamnorm.encoding import Role, encode
-from streamnorm.errors import ConfigError, InputError
+from streamnorm.errors import ConfigError, InputError, OutputExistsError
 from streamnorm.ivf import IVFExactTopK, build_ivf, default_nlist
 from streamnorm.kernel import Float32Array, Float64Array, l2_normalize
+from streamnorm.locations import (
+    Location,
+    as_text,
+    exists,
+    is_dir,
+    is_url,
+    join,
+    local_copy,
+    read_text,
+    upload,
+)
 from streamnorm.neighbours import ExactTopK
 from streamnorm.progress import track
 from streamnorm.provenance import package_versions
@@ -198,27 +209,35 @@ class Normalizer:
             "versions": package_versions(),
         }
 
-    def save(self, path: str | Path) -> None:
-        """Write the model folder atomically (a temporary folder renamed into place)."""
-        target = Path(path)
-        staging = Path(tempfile.mkdtemp(prefix=".model-", dir=target.parent))
+    def save(self, path: Location) -> None:
+        """Write the model folder so that it appears complete or not at all.
+
+        Locally, a temporary folder is renamed into place. At a URL the files are uploaded
+        with ``model.json`` last: a folder without it is not a model.
+        """
+        local_parent = None if is_url(path) else Path(path).parent
+        staging = Path(tempfile.mkdtemp(prefix=".model-", dir=local_parent))
         try:
             faiss.write_index(self._fitted_index(), str(staging / INDEX_FILE))
             if self._vectors is not None:
                 np.save(staging / VECTORS_FILE, self._vectors)
             (staging / MODEL_FILE).write_text(json.dumps(self.metadata(), indent=2))
-            staging.chmod(0o755)  # mkdtemp makes it private
-            staging.rename(target)
-        except BaseException:
+            if is_url(path):
+                for name in (INDEX_FILE, VECTORS_FILE, MODEL_FILE):
+                    if (staging / name).exists():
+                        upload(staging / name, join(path, name))
+            else:
+                staging.chmod(0o755)  # mkdtemp makes it private
+                staging.rename(path)
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-            raise
 
     @classmethod
-    def load(cls, path: str | Path) -> Normalizer:
-        """Read a model folder written by :meth:`save`."""
+    def load(cls, path: Location) -> Normalizer:
+        """Read a model folder written by :meth:`save` (a URL is downloaded once)."""
         info = read_model_info(path)
         normalizer = cls(params_from_dict(info["params"]))
-        folder = Path(path)
+        folder = local_copy(path, key=info["fingerprint"])
         try:
             index = faiss.read_index(str(folder / INDEX_FILE))
         except RuntimeError:
@@ -269,14 +288,13 @@ def choose_index(params: NormalizationParams, n_train: int, dim: int) -> tuple[s
     return "ivf", f"{n_train} training vectors: IVF is much faster than exact search"
 
 
-def read_model_info(path: str | Path) -> dict[str, Any]:
+def read_model_info(path: Location) -> dict[str, Any]:
     """The metadata of a saved model, without loading its index."""
-    location = Path(path)
-    meta = location / MODEL_FILE
-    if not location.is_dir() or not meta.is_file():
-        raise InputError(f"{location}: not a streamnorm model (no {MODEL_FILE})")
+    meta = join(path, MODEL_FILE)
+    if not is_dir(path) or not exists(meta):
+        raise InputError(f"{path}: not a streamnorm model (no {MODEL_FILE})")
     try:
-        info: dict[str, Any] = json.loads(meta.read_text())
+        info: dict[str, Any] = json.loads(read_text(meta))
     except json.JSONDecodeError:
         raise InputError(f"{meta}: corrupt model metadata") from None
     if info.get("format") != "streamnorm-model/1":
@@ -296,7 +314,7 @@ def models_loaded() -> int:
 
 def cached_model(path: str, fingerprint: str) -> Normalizer:
     """Load a model once per process; every task in that process shares it."""
-    key = (str(Path(path).resolve()), fingerprint)
+    key = (as_text(path) if is_url(path) else str(Path(path).resolve()), fingerprint)
     with _CACHE_LOCK:
         model = _CACHE.get(key)
         if model is None:
@@ -309,11 +327,11 @@ def cached_model(path: str, fingerprint: str) -> Normalizer:
 
 
 def fit_model(
-    train_path: str | Path,
-    out: str | Path,
+    train_path: Location,
+    out: Location,
     params: NormalizationParams,
     *,
-    ids_path: str | Path | None = None,
+    ids_path: Location | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Normalizer:
@@ -327,12 +345,9 @@ def fit_model(
     from streamnorm.sources import open_source
     from streamnorm.store import prepare_output
 
-    target = Path(out)
-    if target.exists() and not overwrite:
-        from streamnorm.errors import OutputExistsError
-
-        raise OutputExistsError(f"{target}: output already exists (use --overwrite to replace it)")
+    if exists(out) and not overwrite:
+        raise OutputExistsError(f"{out}: output already exists (use --overwrite to replace it)")
     normalizer = Normalizer(params).fit(open_source(train_path, ids_path), progress=progress)
-    prepare_output(target, overwrite=True)
-    normalizer.save(target)
+    prepare_output(out, overwrite=True)
+    normalizer.save(out)
     return normalizer

@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from streamnorm.encoding import Role, extra_dims, normalized_sides
 from streamnorm.errors import ModelMismatchError, OutputExistsError
+from streamnorm.locations import Location, as_text, is_url
 from streamnorm.model import cached_model, read_model_info
 from streamnorm.progress import dask_progress
 from streamnorm.provenance import package_versions
@@ -119,7 +120,7 @@ def output_attrs(model_path: str, info: dict[str, Any], role: Role) -> dict[str,
         "kind": "normalized",
         "role": role,
         "model_fingerprint": info["fingerprint"],
-        "model_path": str(Path(model_path).resolve()),
+        "model_path": model_path if is_url(model_path) else str(Path(model_path).resolve()),
         "params": info["params"],
         "encoding": {
             "metric": params.metric,
@@ -133,13 +134,13 @@ def output_attrs(model_path: str, info: dict[str, Any], role: Role) -> dict[str,
 
 
 def normalize(
-    input_path: str | Path,
-    model_path: str | Path,
+    input_path: Location,
+    model_path: Location,
     role: Role,
-    out: str | Path,
+    out: Location,
     *,
     chunk_rows: int | None = None,
-    ids_path: str | Path | None = None,
+    ids_path: Location | None = None,
     overwrite: bool = False,
     append: bool = False,
     scheduler: str = "threads",
@@ -181,19 +182,19 @@ def normalize(
             f"{source.path}: vectors have dimension {source.dim} but the model "
             f"{model_path} was fitted on dimension {info['dim']}"
         )
-    attrs = output_attrs(str(model_path), info, role)
+    attrs = output_attrs(as_text(model_path), info, role)
     batch = {"input": source.identity()}
     store, created = _plan(out, source, attrs, batch, chunk_rows, overwrite, append)
     batch_start = int(store.attrs["pending"]["start"])
     pending = store.pending_chunks()
     job = ChunkJob(
         source_path=source.path,
-        ids_path=None if ids_path is None else str(ids_path),
+        ids_path=None if ids_path is None else as_text(ids_path),
         source_sha=batch["input"]["sha256"],
-        model_path=str(model_path),
+        model_path=as_text(model_path),
         fingerprint=info["fingerprint"],
         role=role,
-        out=str(out),
+        out=as_text(out),
         batch_start=batch_start,
         # faiss threads per task, so that tasks x threads never exceeds the cores.
         threads=max(1, default_workers() // parallel_tasks(scheduler, workers)),
@@ -216,7 +217,7 @@ def normalize(
         raise
     total_chunks = -(-store.n_rows // store.chunk_rows)
     return NormalizeResult(
-        str(out),
+        as_text(out),
         store.n_rows,
         store.n_rows - batch_start,
         len(pending),
@@ -232,7 +233,7 @@ def _finish(store: ChunkedStore) -> None:
 
 
 def _plan(
-    out: str | Path,
+    out: Location,
     source: DescriptorSource,
     attrs: dict[str, Any],
     batch: dict[str, Any],
@@ -295,7 +296,7 @@ def _incompatibility(
 
 
 def _create(
-    out: str | Path,
+    out: Location,
     source: DescriptorSource,
     attrs: dict[str, Any],
     batch: dict[str, Any],
@@ -313,7 +314,7 @@ def _create(
     )
 
 
-def _begin_append(out: str | Path, source: DescriptorSource, batch: dict[str, Any]) -> ChunkedStore:
+def _begin_append(out: Location, source: DescriptorSource, batch: dict[str, Any]) -> ChunkedStore:
     store = ChunkedStore.open(out)
     old_rows = store.n_rows
     existing = np.array(np.asarray(array(store.group, "ids")[:]).tolist()).astype(str)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import h5py
@@ -20,6 +19,17 @@ import zarr
 
 from streamnorm.errors import InputError
 from streamnorm.kernel import Float32Array
+from streamnorm.locations import (
+    Location,
+    as_text,
+    exists,
+    is_dir,
+    is_url,
+    local_copy,
+    open_file,
+    read_text,
+    suffix,
+)
 from streamnorm.store import array, streamnorm_attrs
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -100,14 +110,14 @@ def validate_block(block: Any, offset: int, path: str) -> Float32Array:
     return array
 
 
-def open_source(path: str | Path, ids_path: str | Path | None = None) -> DescriptorSource:
+def open_source(path: Location, ids_path: Location | None = None) -> DescriptorSource:
     """Open any supported descriptor input.
 
     Parameters
     ----------
     path : str or Path
         A zarr descriptor store (group with ``vectors`` and ``ids``), an ISC HDF5 file
-        (``vectors``, ``image_names``) or a ``.npy`` matrix.
+        (``vectors``, ``image_names``) or a ``.npy`` matrix; local or any fsspec URL.
     ids_path : str or Path, optional
         For ``.npy`` inputs: a text file with one id per line. Row numbers otherwise.
 
@@ -116,40 +126,40 @@ def open_source(path: str | Path, ids_path: str | Path | None = None) -> Descrip
     InputError
         With a one-line message naming the file.
     """
-    location = Path(path)
-    text = str(path)
-    if not location.exists():
+    text = as_text(path)
+    if not exists(path):
         raise InputError(f"{text}: no such file or store")
-    if location.suffix.lower() == ".npy":
-        source = _open_npy(location, ids_path)
-    elif location.suffix.lower() in HDF5_SUFFIXES:
-        source = _open_hdf5(location)
-    elif location.is_dir():
-        source = _open_zarr(location)
+    kind = suffix(path)
+    if kind == ".npy":
+        source = _open_npy(path, ids_path)
+    elif kind in HDF5_SUFFIXES:
+        source = _open_hdf5(path)
+    elif is_dir(path):
+        source = _open_zarr(path)
     else:
         raise InputError(f"{text}: not a descriptor store, ISC HDF5 file or .npy file")
     _check_layout(source)
     return source
 
 
-def _open_npy(location: Path, ids_path: str | Path | None) -> DescriptorSource:
+def _open_npy(location: Location, ids_path: Location | None) -> DescriptorSource:
     try:
-        vectors = np.load(location, mmap_mode="r", allow_pickle=False)
+        # Memory-mapped, so only the rows read are loaded (remote files are fetched first).
+        vectors = np.load(local_copy(location), mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as error:
         raise InputError(f"{location}: unreadable .npy file ({error})") from None
     if ids_path is None:
         ids = np.array([str(i) for i in range(vectors.shape[0] if vectors.ndim else 0)])
     else:
-        ids_file = Path(ids_path)
-        if not ids_file.exists():
-            raise InputError(f"{ids_file}: no such ids file")
-        ids = np.array(ids_file.read_text().splitlines())
-    return DescriptorSource(str(location), vectors, ids)
+        if not exists(ids_path):
+            raise InputError(f"{ids_path}: no such ids file")
+        ids = np.array(read_text(ids_path).splitlines())
+    return DescriptorSource(as_text(location), vectors, ids)
 
 
-def _open_hdf5(location: Path) -> DescriptorSource:
+def _open_hdf5(location: Location) -> DescriptorSource:
     try:
-        handle = h5py.File(location, "r")
+        handle = h5py.File(open_file(location) if is_url(location) else location, "r")
     except OSError as error:
         raise InputError(f"{location}: unreadable HDF5 file ({error})") from None
     if "vectors" not in handle or "image_names" not in handle:
@@ -158,12 +168,12 @@ def _open_hdf5(location: Path) -> DescriptorSource:
         )
     names = handle["image_names"][:]
     ids = np.array([n.decode() if isinstance(n, bytes) else str(n) for n in names])
-    return DescriptorSource(str(location), handle["vectors"], ids)
+    return DescriptorSource(as_text(location), handle["vectors"], ids)
 
 
-def _open_zarr(location: Path) -> DescriptorSource:
+def _open_zarr(location: Location) -> DescriptorSource:
     try:
-        group = zarr.open_group(str(location), mode="r")
+        group = zarr.open_group(as_text(location), mode="r")
     except Exception:
         raise InputError(f"{location}: not a descriptor store (no zarr group here)") from None
     members = set(group.array_keys())
@@ -176,7 +186,7 @@ def _open_zarr(location: Path) -> DescriptorSource:
         )
     background = array(group, "background") if "background" in members else None
     ids = np.array(np.asarray(array(group, "ids")[:]).tolist()).astype(str)
-    return DescriptorSource(str(location), array(group, "vectors"), ids, attrs, background)
+    return DescriptorSource(as_text(location), array(group, "vectors"), ids, attrs, background)
 
 
 def _check_layout(source: DescriptorSource) -> None:

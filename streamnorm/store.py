@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 
 from streamnorm.errors import InputError, OutputExistsError
+from streamnorm.locations import Location, as_text, exists, is_url, remove
 
 ATTRS_KEY = "streamnorm"
 
@@ -45,37 +46,32 @@ def chunk_ranges(n_rows: int, chunk_rows: int) -> Iterator[tuple[int, int, int]]
         yield index, start, min(n_rows, start + chunk_rows)
 
 
-def store_status(path: str | Path) -> dict[str, Any] | None:
+def store_status(path: Location) -> dict[str, Any] | None:
     """The streamnorm attributes of an existing store, or None when there is none.
 
     A folder holding nothing but temporary files is what a crash leaves when it strikes
     before a store's first metadata write; it is cleared and counts as no store.
     """
-    location = Path(path)
-    if location.is_dir() and all(p.name.endswith(".partial") for p in location.iterdir()):
-        shutil.rmtree(location)
-    if not location.exists():
+    if not is_url(path):
+        folder = Path(path)
+        if folder.is_dir() and all(p.name.endswith(".partial") for p in folder.iterdir()):
+            shutil.rmtree(folder)
+    if not exists(path):
         return None
     try:
-        group = zarr.open_group(str(location), mode="r")
+        group = zarr.open_group(as_text(path), mode="r")
     except Exception:
         return {}
     return streamnorm_attrs(group)
 
 
-def prepare_output(path: str | Path, overwrite: bool) -> None:
+def prepare_output(path: Location, overwrite: bool) -> None:
     """Refuse or clear an existing output before a fresh run."""
-    location = Path(path)
-    if not location.exists():
+    if not exists(path):
         return
     if not overwrite:
-        raise OutputExistsError(
-            f"{location}: output already exists (use --overwrite to replace it)"
-        )
-    if location.is_dir():
-        shutil.rmtree(location)
-    else:
-        location.unlink()
+        raise OutputExistsError(f"{path}: output already exists (use --overwrite to replace it)")
+    remove(path)
 
 
 @dataclass
@@ -88,7 +84,7 @@ class ChunkedStore:
     @classmethod
     def create(
         cls,
-        path: str | Path,
+        path: Location,
         n_rows: int,
         dim: int,
         chunk_rows: int,
@@ -102,7 +98,7 @@ class ChunkedStore:
         marked: dict[str, Any] = {
             ATTRS_KEY: {**attrs, "status": "incomplete", "chunk_rows": chunk_rows}
         }
-        group = zarr.open_group(str(path), mode="w-", attributes=marked)
+        group = zarr.open_group(as_text(path), mode="w-", attributes=marked)
         group.create_array(
             "vectors", shape=(n_rows, dim), chunks=(chunk_rows, dim), dtype="float32"
         )
@@ -114,16 +110,16 @@ class ChunkedStore:
         if ids is not None:
             for _, start, stop in chunk_ranges(n_rows, chunk_rows):
                 id_array[start:stop] = ids[start:stop]
-        return cls(str(path), group)
+        return cls(as_text(path), group)
 
     @classmethod
-    def open(cls, path: str | Path) -> ChunkedStore:
+    def open(cls, path: Location) -> ChunkedStore:
         """Open a store for writing more chunks."""
         try:
-            group = zarr.open_group(str(path), mode="r+")
+            group = zarr.open_group(as_text(path), mode="r+")
         except Exception:
             raise InputError(f"{path}: not a streamnorm store") from None
-        return cls(str(path), group)
+        return cls(as_text(path), group)
 
     def is_intact(self) -> bool:
         """True when every array a crash during creation could have left out is there."""
@@ -175,8 +171,9 @@ class ChunkedStore:
             raise RuntimeError(f"{self.path}: {len(missing)} chunks were not written")
         self.group.attrs.update({ATTRS_KEY: {**self.attrs, **(extra or {}), "status": "complete"}})
         # Temporary files of writes that a crash cut short are no use any more.
-        for leftover in Path(self.path).rglob("*.partial"):
-            leftover.unlink(missing_ok=True)
+        if not is_url(self.path):
+            for leftover in Path(self.path).rglob("*.partial"):
+                leftover.unlink(missing_ok=True)
 
 
 def write_chunk(

@@ -9,12 +9,12 @@ independence rule of the copy-detection challenges asks for.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import faiss
 import numpy as np
 
 from streamnorm.errors import InputError, ModelMismatchError
+from streamnorm.locations import Location
 from streamnorm.model import Normalizer, read_model_info
 from streamnorm.progress import track
 from streamnorm.sources import open_source
@@ -34,13 +34,13 @@ class VerifyReport:
 
 
 def verify(
-    store_path: str | Path,
-    input_path: str | Path,
-    model_path: str | Path,
+    store_path: Location,
+    input_path: Location,
+    model_path: Location,
     *,
     sample: int | None = 100,
     seed: int = 0,
-    ids_path: str | Path | None = None,
+    ids_path: Location | None = None,
     progress: bool = False,
 ) -> VerifyReport:
     """Recompute a random sample of the input's rows and compare with the store.
