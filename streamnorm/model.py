@@ -40,14 +40,15 @@ from streamnorm.locations import (
     upload,
 )
 from streamnorm.neighbours import ExactTopK
-from streamnorm.progress import track
 from streamnorm.provenance import package_versions
 from streamnorm.sources import DescriptorSource
 from streamnorm.statistics import background
+from streamnorm.transforms import TransformChain, apply_to_training, fit_chain
 
 MODEL_FILE = "model.json"
 INDEX_FILE = "index.faiss"
 VECTORS_FILE = "vectors.npy"
+TRANSFORMS_FILE = "transforms.npz"
 _FIT_BLOCK_ROWS = 65536
 
 
@@ -72,6 +73,7 @@ class Normalizer:
     def __init__(self, params: NormalizationParams) -> None:
         self.params = params
         self.index_: faiss.Index | None = None
+        self.transforms_: TransformChain | None = None
         self.index_kind_: str = "flat"
         self.index_report_: dict[str, Any] = {}
         self.fingerprint_: str | None = None
@@ -90,19 +92,25 @@ class Normalizer:
                 f"the statistic needs {self.params.depth} training neighbours but "
                 f"{source.path} has only {source.n_rows} vectors"
             )
-        kind, reason = choose_index(self.params, source.n_rows, source.dim)
-        digest = hashlib.sha256()
-        flat = faiss.IndexFlatIP(source.dim)
-        blocks = range(0, source.n_rows, _FIT_BLOCK_ROWS)
-        for start in track(blocks, "fit: reading training set", enabled=progress):
-            block = l2_normalize(source.read(start, min(source.n_rows, start + _FIT_BLOCK_ROWS)))
-            digest.update(block.tobytes())
+        digest = _RowHash()
+
+        def read(start: int, stop: int) -> Float32Array:
+            block = l2_normalize(source.read(start, stop))
+            digest.see(start, block)
+            return block
+
+        chain = fit_chain(self.params, read, source.n_rows, source.dim, progress=progress)
+        kind, reason = choose_index(self.params, source.n_rows, chain.output_dim)
+        flat = faiss.IndexFlatIP(chain.output_dim)
+        for _, block in apply_to_training(chain, read, source.n_rows, progress=progress):
             flat.add(block)
+        digest.finish(read, source.n_rows)
         digest.update(self._params_json().encode())
         self.fingerprint_ = digest.hexdigest()
         self.n_train_ = source.n_rows
         self.dim_ = source.dim
         self.training_source_ = {"path": source.path, "rows": source.n_rows, "dim": source.dim}
+        self.transforms_ = chain
         self.index_kind_ = kind
         self.index_report_ = {"kind": kind, "reason": reason}
         if kind == "flat":
@@ -141,6 +149,16 @@ class Normalizer:
             return self._vectors
         return _flat_vectors(index)
 
+    def _chain(self) -> TransformChain:
+        if self.transforms_ is None:
+            raise RuntimeError("the normalizer is not fitted")
+        return self.transforms_
+
+    @property
+    def transformed_dim(self) -> int:
+        """Dimension of the vectors after the learned transforms (before encoding)."""
+        return self._chain().output_dim
+
     def _fitted_index(self) -> faiss.Index:
         if self.index_ is None:
             raise RuntimeError("the normalizer is not fitted")
@@ -174,7 +192,7 @@ class Normalizer:
             raise ConfigError(
                 f"depth {depth} must be between 1 and the training size {self.n_train_}"
             )
-        base = l2_normalize(block)
+        base = self._chain().apply(l2_normalize(block))
         scores, _ = self._search().search(base, depth)
         return base, scores
 
@@ -192,7 +210,7 @@ class Normalizer:
         """Dimension of the encoded vectors."""
         from streamnorm.encoding import extra_dims
 
-        return self.dim_ + extra_dims(self.params)
+        return self.transformed_dim + extra_dims(self.params)
 
     # -- persistence -------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
@@ -203,6 +221,7 @@ class Normalizer:
             "params": self.params.model_dump(),
             "n_train": self.n_train_,
             "dim": self.dim_,
+            "transformed_dim": self.transformed_dim,
             "output_dim": self.output_dim,
             "training_source": self.training_source_,
             "index": self.index_report_,
@@ -219,11 +238,12 @@ class Normalizer:
         staging = Path(tempfile.mkdtemp(prefix=".model-", dir=local_parent))
         try:
             faiss.write_index(self._fitted_index(), str(staging / INDEX_FILE))
+            self._chain().save(staging / TRANSFORMS_FILE)
             if self._vectors is not None:
                 np.save(staging / VECTORS_FILE, self._vectors)
             (staging / MODEL_FILE).write_text(json.dumps(self.metadata(), indent=2))
             if is_url(path):
-                for name in (INDEX_FILE, VECTORS_FILE, MODEL_FILE):
+                for name in (INDEX_FILE, VECTORS_FILE, TRANSFORMS_FILE, MODEL_FILE):
                     if (staging / name).exists():
                         upload(staging / name, join(path, name))
             else:
@@ -242,8 +262,9 @@ class Normalizer:
             index = faiss.read_index(str(folder / INDEX_FILE))
         except RuntimeError:
             raise InputError(f"{path}: the model's index file is missing or corrupt") from None
-        if index.ntotal != info["n_train"] or index.d != info["dim"]:
+        if index.ntotal != info["n_train"] or index.d != info["transformed_dim"]:
             raise InputError(f"{path}: the model's index does not match model.json")
+        normalizer.transforms_ = TransformChain.load(folder / TRANSFORMS_FILE, normalizer.params)
         if isinstance(index, faiss.IndexIVFFlat):
             try:
                 # Memory-mapped: worker processes on one machine share the pages.
@@ -260,6 +281,33 @@ class Normalizer:
         normalizer.dim_ = info["dim"]
         normalizer.training_source_ = info.get("training_source", {})
         return normalizer
+
+
+class _RowHash:
+    """SHA-256 of the normalized training rows in order, fed by whichever pass reads them."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._next_row = 0
+
+    def see(self, start: int, block: Float32Array) -> None:
+        """Hash a block if it continues exactly where the hash stands."""
+        if start == self._next_row:
+            self._digest.update(block.tobytes())
+            self._next_row += block.shape[0]
+
+    def finish(self, read: Any, n_rows: int) -> None:
+        """Hash any rows no pass has read in order yet."""
+        while self._next_row < n_rows:
+            read(self._next_row, min(n_rows, self._next_row + _FIT_BLOCK_ROWS))
+
+    def update(self, data: bytes) -> None:
+        """Add more bytes (the parameters)."""
+        self._digest.update(data)
+
+    def hexdigest(self) -> str:
+        """The fingerprint."""
+        return self._digest.hexdigest()
 
 
 def _flat_vectors(index: Any) -> Float32Array:

@@ -124,7 +124,8 @@ def output_attrs(model_path: str, info: dict[str, Any], role: Role) -> dict[str,
         "params": info["params"],
         "encoding": {
             "metric": params.metric,
-            "base_dim": info["dim"],
+            "input_dim": info["dim"],
+            "base_dim": info["transformed_dim"],
             "output_dim": info["output_dim"],
             "extra_dims": extra_dims(params),
             "sides": normalized_sides(params),
@@ -290,7 +291,7 @@ def _incompatibility(
         return "it was made with a different model"
     if status.get("role") != attrs["role"]:
         return f"it holds {status.get('role')} vectors, not {attrs['role']} vectors"
-    if status.get("encoding", {}).get("base_dim") != source.dim:
+    if status.get("encoding", {}).get("input_dim") != source.dim:
         return "its dimension differs from the input's"
     return ""
 

@@ -357,3 +357,13 @@ def test_missing_or_corrupt_files_are_input_errors(tmp_path):
 def test_wrong_dimension_is_an_input_error():
     with pytest.raises(InputError, match="16 dims"):
         fit(whiten=True).apply(QUERIES[:, :8])
+
+
+def test_budget_sample_spreads_over_the_training_set(monkeypatch):
+    monkeypatch.setattr(transforms, "_BUDGET_FIT_BLOCK", 100)
+    ranges = transforms._budget_ranges(10_000, 800)
+    assert len(ranges) == 8 and all(stop - start == 100 for start, stop in ranges)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 10_000
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
+    # Small training sets are used whole.
+    assert transforms._budget_ranges(500, 800) == [(0, 500)]
