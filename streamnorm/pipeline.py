@@ -34,6 +34,7 @@ from streamnorm.locations import Location, as_text, is_url
 from streamnorm.model import cached_model, read_model_info
 from streamnorm.progress import dask_progress
 from streamnorm.provenance import package_versions
+from streamnorm.resources import plan_resources
 from streamnorm.schedulers import check_scheduler, compute, default_workers, parallel_tasks
 from streamnorm.sources import DescriptorSource, check_unique_ids, open_source
 from streamnorm.store import (
@@ -146,6 +147,8 @@ def normalize(
     append: bool = False,
     scheduler: str = "threads",
     workers: int | None = None,
+    threads: int | None = None,
+    memory_limit: int | None = None,
     progress: bool = False,
 ) -> NormalizeResult:
     """Normalize every row of an input through a fitted model into a store.
@@ -169,6 +172,10 @@ def normalize(
         A dask scheduler name: ``threads``, ``processes`` or ``synchronous``.
     workers : int, optional
         Parallel tasks; defaults to the core count.
+    threads : int, optional
+        faiss/BLAS threads inside each task; by default the cores shared among the tasks.
+    memory_limit : int, optional
+        Bytes the run may use: caps the chunk size and the tasks in flight.
 
     Returns
     -------
@@ -185,6 +192,22 @@ def normalize(
         )
     attrs = output_attrs(as_text(model_path), info, role)
     batch = {"input": source.identity()}
+    # A store being resumed or appended to has its chunk size already.
+    existing = store_status(out) or {}
+    fixed = "chunk_rows" in existing and not (overwrite and not append)
+    wanted_rows = int(existing["chunk_rows"]) if fixed else (chunk_rows or DEFAULT_CHUNK_ROWS)
+    plan = plan_resources(
+        info,
+        cores=default_workers(),
+        workers=parallel_tasks(scheduler, workers),
+        chunk_rows=wanted_rows,
+        chunk_rows_fixed=fixed,
+        threads=threads,
+        memory_limit=memory_limit,
+        separate_processes=scheduler != "threads" and scheduler != "synchronous",
+    )
+    if not fixed:
+        chunk_rows = plan.chunk_rows
     store, created = _plan(out, source, attrs, batch, chunk_rows, overwrite, append)
     batch_start = int(store.attrs["pending"]["start"])
     pending = store.pending_chunks()
@@ -198,7 +221,7 @@ def normalize(
         out=as_text(out),
         batch_start=batch_start,
         # faiss threads per task, so that tasks x threads never exceeds the cores.
-        threads=max(1, default_workers() // parallel_tasks(scheduler, workers)),
+        threads=plan.threads,
     )
     tasks = [
         dask.delayed(normalize_chunk, pure=False)(
@@ -209,7 +232,7 @@ def normalize(
     try:
         description = f"normalize {role} vectors"
         with dask_progress(description, len(tasks), TASK_PREFIX, enabled=progress):
-            compute(tasks, scheduler, workers, description, progress)
+            compute(tasks, scheduler, plan.workers, description, progress)
         _finish(store)
     except BaseException:
         if created:
