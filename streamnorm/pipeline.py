@@ -29,13 +29,19 @@ import zarr
 from threadpoolctl import threadpool_limits
 
 from streamnorm.encoding import Role, extra_dims, normalized_sides
-from streamnorm.errors import ModelMismatchError, OutputExistsError
+from streamnorm.errors import ModelMismatchError, OutputExistsError, StreamnormError
 from streamnorm.locations import Location, as_text, is_url
 from streamnorm.model import cached_model, read_model_info
 from streamnorm.progress import dask_progress
 from streamnorm.provenance import package_versions
 from streamnorm.resources import plan_resources
-from streamnorm.schedulers import check_scheduler, compute, default_workers, parallel_tasks
+from streamnorm.schedulers import (
+    LOCAL_SCHEDULERS,
+    check_scheduler,
+    compute,
+    default_workers,
+    parallel_tasks,
+)
 from streamnorm.sources import DescriptorSource, check_unique_ids, open_source
 from streamnorm.store import (
     ChunkedStore,
@@ -169,7 +175,8 @@ def normalize(
     append : bool
         Add the input's rows after the store's existing rows.
     scheduler : str
-        A dask scheduler name: ``threads``, ``processes`` or ``synchronous``.
+        ``threads``, ``processes``, ``synchronous``, ``local-cluster[:N]`` or the address
+        of a dask.distributed scheduler (see :mod:`streamnorm.schedulers`).
     workers : int, optional
         Parallel tasks; defaults to the core count.
     threads : int, optional
@@ -208,7 +215,9 @@ def normalize(
     )
     if not fixed:
         chunk_rows = plan.chunk_rows
-    store, created = _plan(out, source, attrs, batch, chunk_rows, overwrite, append)
+    store, created = _plan(
+        out, existing or None, source, attrs, batch, chunk_rows, overwrite, append
+    )
     batch_start = int(store.attrs["pending"]["start"])
     pending = store.pending_chunks()
     job = ChunkJob(
@@ -231,12 +240,15 @@ def normalize(
     ]
     try:
         description = f"normalize {role} vectors"
-        with dask_progress(description, len(tasks), TASK_PREFIX, enabled=progress):
+        # Distributed schedulers report progress themselves.
+        local_bar = progress and scheduler in LOCAL_SCHEDULERS
+        with dask_progress(description, len(tasks), TASK_PREFIX, enabled=local_bar):
             compute(tasks, scheduler, plan.workers, description, progress)
         _finish(store)
-    except BaseException:
+    except StreamnormError:
         if created:
-            # A fresh output that failed (bad input, interrupt) is removed, not left behind.
+            # A fresh output that hit bad input is removed, not left behind. Anything else
+            # (an interrupt, a lost scheduler) leaves an incomplete store to resume.
             prepare_output(out, overwrite=True)
         raise
     total_chunks = -(-store.n_rows // store.chunk_rows)
@@ -258,6 +270,7 @@ def _finish(store: ChunkedStore) -> None:
 
 def _plan(
     out: Location,
+    status: dict[str, Any] | None,
     source: DescriptorSource,
     attrs: dict[str, Any],
     batch: dict[str, Any],
@@ -269,7 +282,6 @@ def _plan(
 
     Every refusal happens before anything is modified.
     """
-    status = store_status(out)
     if status is not None and overwrite and not append:
         prepare_output(out, overwrite=True)
         status = None
