@@ -77,7 +77,11 @@ class DescriptorSource:
         return validate_block(self.vectors[start:stop], start, self.path)
 
     def identity(self) -> dict[str, Any]:
-        """A cheap fingerprint of the input: path, shape, ids and the first and last rows."""
+        """A cheap fingerprint of the content: shape, ids and the first and last rows.
+
+        The path is left out, so the same data reached another way (a relative path, a
+        copy in object storage) is recognised as the same input.
+        """
         digest = hashlib.sha256()
         digest.update(json.dumps([self.n_rows, self.dim]).encode())
         for chunk_start in range(0, self.n_rows, 65536):
@@ -86,7 +90,6 @@ class DescriptorSource:
         digest.update(np.ascontiguousarray(self.vectors[:edge], dtype=np.float32).tobytes())
         digest.update(np.ascontiguousarray(self.vectors[-edge:], dtype=np.float32).tobytes())
         return {
-            "path": self.path,
             "rows": self.n_rows,
             "dim": self.dim,
             "sha256": digest.hexdigest(),
