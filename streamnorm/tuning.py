@@ -43,6 +43,7 @@ from streamnorm.encoding import Role, encode
 from streamnorm.errors import ConfigError, InputError
 from streamnorm.groundtruth import GroundTruth, Predictions, read_ground_truth
 from streamnorm.kernel import Float32Array, Float64Array, IndexArray, candidate_scores
+from streamnorm.matching import id_ranks
 from streamnorm.metrics import Evaluation, evaluate
 from streamnorm.model import Normalizer
 from streamnorm.neighbours import ExactTopK
@@ -201,13 +202,6 @@ def grid_points(
 
 
 # -- per-vector data, computed once ------------------------------------------------------
-def id_ranks(ids: np.ndarray) -> IndexArray:
-    """Position of each id in sorted id order: ties follow ids, as in the matcher."""
-    ranks = np.empty(len(ids), dtype=np.int64)
-    ranks[np.argsort(ids, kind="stable")] = np.arange(len(ids))
-    return ranks
-
-
 @dataclass
 class Pairs:
     """Predicted pairs as row numbers into the queries and references, best first."""
