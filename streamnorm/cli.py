@@ -34,10 +34,14 @@ app = typer.Typer(
 console = Console()
 _state = {"debug": False}
 
+SCHEDULER_OPTION_HELP = (
+    "Where tasks run: threads, processes, synchronous, local-cluster[:N] (a LocalCluster of N "
+    "worker processes) or tcp://HOST:PORT (an existing dask.distributed scheduler)."
+)
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 IdsOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--ids", help="For .npy inputs: a text file with one id per line (else row numbers)."
     ),
@@ -82,8 +86,8 @@ def synth(
 
 @app.command()
 def fit(
-    train: Annotated[Path, typer.Argument(help="Training descriptors (store, ISC HDF5 or .npy).")],
-    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    train: Annotated[str, typer.Argument(help="Training descriptors (store, ISC HDF5 or .npy).")],
+    out: Annotated[str, typer.Option("--out", help="Model folder to write.")],
     preset: Annotated[str, typer.Option(help="Parameter preset from configs/.")] = "isc21",
     config: Annotated[
         Path | None, typer.Option(help="TOML file of parameters, applied over the preset.")
@@ -122,18 +126,25 @@ def fit(
 
 @app.command()
 def normalize(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="Descriptors to normalize.")],
-    model: Annotated[Path, typer.Option("--model", help="Model folder from `streamnorm fit`.")],
+    input_path: Annotated[str, typer.Argument(metavar="INPUT", help="Descriptors to normalize.")],
+    model: Annotated[str, typer.Option("--model", help="Model folder from `streamnorm fit`.")],
     role: Annotated[
         str, typer.Option("--role", help="query or reference: the side of the encoding.")
     ],
-    out: Annotated[Path, typer.Option("--out", help="Normalized store to write.")],
+    out: Annotated[str, typer.Option("--out", help="Normalized store to write.")],
     chunk_rows: Annotated[int | None, typer.Option(help="Rows per task and output chunk.")] = None,
-    scheduler: Annotated[
-        str,
-        typer.Option(help="threads, processes, synchronous, local-cluster[:N] or tcp://HOST:PORT."),
-    ] = "threads",
+    scheduler: Annotated[str, typer.Option(help=SCHEDULER_OPTION_HELP)] = "threads",
     workers: Annotated[int | None, typer.Option(help="Parallel tasks (default: cores).")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="faiss/BLAS threads per task (default: cores / parallel tasks)."),
+    ] = None,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory the run may use, e.g. 8GB: caps the chunk size, then the tasks in flight."
+        ),
+    ] = None,
     append: Annotated[
         bool,
         typer.Option(
@@ -148,6 +159,7 @@ def normalize(
 ) -> None:
     """Normalize every row chunk through the model; resumes an interrupted run of itself."""
     from streamnorm.pipeline import normalize as run
+    from streamnorm.resources import parse_bytes
 
     if role not in ("query", "reference"):
         raise StreamnormError(f"--role must be query or reference, not {role!r}")
@@ -164,6 +176,8 @@ def normalize(
         append=append,
         scheduler=scheduler,
         workers=workers,
+        threads=threads,
+        memory_limit=None if memory_limit is None else parse_bytes(memory_limit),
         progress=not quiet,
     )
     kept = f", {result.chunks_reused} chunks kept" if result.chunks_reused else ""
@@ -176,9 +190,9 @@ def normalize(
 
 @app.command()
 def verify(
-    store: Annotated[Path, typer.Argument(metavar="OUT", help="Normalized store to audit.")],
-    input_path: Annotated[Path, typer.Option("--input", help="The input (or one appended batch).")],
-    model: Annotated[Path, typer.Option("--model", help="The model the store was made with.")],
+    store: Annotated[str, typer.Argument(metavar="OUT", help="Normalized store to audit.")],
+    input_path: Annotated[str, typer.Option("--input", help="The input (or one appended batch).")],
+    model: Annotated[str, typer.Option("--model", help="The model the store was made with.")],
     sample: Annotated[int, typer.Option(help="Rows to recompute; 0 checks every row.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the random sample.")] = 0,
     ids: IdsOption = None,
@@ -209,12 +223,12 @@ def verify(
 
 @app.command()
 def match(
-    out: Annotated[Path, typer.Option("--out", help="Predictions file: .csv or .parquet.")],
+    out: Annotated[str, typer.Option("--out", help="Predictions file: .csv or .parquet.")],
     queries: Annotated[
-        Path | None, typer.Argument(help="Query store (normalized or raw).", show_default=False)
+        str | None, typer.Argument(help="Query store (normalized or raw).", show_default=False)
     ] = None,
     refs: Annotated[
-        Path | None,
+        str | None,
         typer.Argument(
             help="Reference store (same model as the queries, or raw).", show_default=False
         ),
@@ -228,7 +242,7 @@ def match(
         typer.Option(help="Global top N over the per-query candidates, best first; 0 keeps all."),
     ] = 500_000,
     state: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--state",
             help="Also save the match state here (per-query top-k), for later --update runs. "
@@ -236,7 +250,7 @@ def match(
         ),
     ] = None,
     update: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--update",
             help="Merge the references of --refs into this saved state (queries are re-read "
@@ -244,7 +258,7 @@ def match(
         ),
     ] = None,
     new_refs: Annotated[
-        Path | None, typer.Option("--refs", help="With --update: the new reference store.")
+        str | None, typer.Option("--refs", help="With --update: the new reference store.")
     ] = None,
     threads: Annotated[
         int | None, typer.Option(help="Tiles searched at once (default: every core).")
@@ -337,8 +351,8 @@ def evaluate(
 
 @app.command()
 def export(
-    store: Annotated[Path, typer.Argument(help="Descriptor store to export.")],
-    out: Annotated[Path, typer.Option("--out", help="ISC descriptor HDF5 file to write.")],
+    store: Annotated[str, typer.Argument(help="Descriptor store to export.")],
+    out: Annotated[str, typer.Option("--out", help="ISC descriptor HDF5 file to write.")],
     overwrite: Overwrite = False,
 ) -> None:
     """Write a store as an ISC descriptor HDF5 file (vectors, image_names)."""
@@ -350,9 +364,9 @@ def export(
 
 @app.command()
 def submission(
-    queries: Annotated[Path, typer.Argument(help="Normalized query store.")],
-    refs: Annotated[Path, typer.Argument(help="Normalized reference store.")],
-    out: Annotated[Path, typer.Option("--out", help="Track-2 submission HDF5 file to write.")],
+    queries: Annotated[str, typer.Argument(help="Normalized query store.")],
+    refs: Annotated[str, typer.Argument(help="Normalized reference store.")],
+    out: Annotated[str, typer.Option("--out", help="Track-2 submission HDF5 file to write.")],
     overwrite: Overwrite = False,
 ) -> None:
     """Write the track-2 submission layout (query, reference, query_ids, reference_ids)."""
@@ -367,13 +381,14 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Working folder for the demo.")] = Path(
         "demo-out"
     ),
+    scheduler: Annotated[str, typer.Option(help=SCHEDULER_OPTION_HELP)] = "threads",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Run the whole job on synthetic data; print muAP and recall@P90 without/with normalization."""
     from streamnorm.demo import run_demo
 
-    run_demo(out, overwrite=overwrite, progress=not quiet, console=console)
+    run_demo(out, overwrite=overwrite, scheduler=scheduler, progress=not quiet, console=console)
 
 
 @app.command()

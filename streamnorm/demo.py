@@ -25,6 +25,7 @@ def run_demo(
     *,
     spec: SynthSpec | None = None,
     overwrite: bool = False,
+    scheduler: str = "threads",
     progress: bool = True,
     console: Console | None = None,
 ) -> dict[str, Evaluation]:
@@ -36,6 +37,8 @@ def run_demo(
         Working folder; receives the stores, the model, predictions and ``evaluation.png``.
     spec : SynthSpec, optional
         The data set; the synth defaults otherwise.
+    scheduler : str
+        Where the normalization tasks run (see :mod:`streamnorm.schedulers`).
 
     Returns
     -------
@@ -53,7 +56,13 @@ def run_demo(
     for split, role in sides:
         normalized[split] = folder / f"{split}_normalized.zarr"
         normalize(
-            data[split], model, role, normalized[split], overwrite=overwrite, progress=progress
+            data[split],
+            model,
+            role,
+            normalized[split],
+            overwrite=overwrite,
+            scheduler=scheduler,
+            progress=progress,
         )
     truth = read_ground_truth(data["ground_truth"])
     predictions = {

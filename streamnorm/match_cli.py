@@ -10,19 +10,20 @@ from typing import Any
 from rich.console import Console
 
 from streamnorm.errors import StreamnormError
+from streamnorm.locations import Location
 
 
 def run_match(
     console: Console,
-    queries: Path | None,
-    refs: Path | None,
-    out: Path,
+    queries: Location | None,
+    refs: Location | None,
+    out: Location,
     *,
     k: int | None,
     max_results: int,
-    state: Path | None,
-    update: Path | None,
-    new_refs: Path | None,
+    state: Location | None,
+    update: Location | None,
+    new_refs: Location | None,
     threads: int | None,
     query_block_rows: int | None,
     reference_block_rows: int | None,

@@ -20,6 +20,7 @@ import numpy as np
 
 from streamnorm.atomic import atomic_output
 from streamnorm.kernel import Float64Array
+from streamnorm.locations import Location, suffix
 
 WRITE_BLOCK_ROWS = 65536
 HEADER = ("query_id", "reference_id", "score")
@@ -37,9 +38,9 @@ class PredictionRows(Protocol):
         ...
 
 
-def is_parquet(path: str | Path) -> bool:
+def is_parquet(path: Location) -> bool:
     """Whether predictions go to Parquet (by the file suffix)."""
-    return Path(path).suffix.lower() == ".parquet"
+    return suffix(path) == ".parquet"
 
 
 def _blocks(n_rows: int, block_rows: int) -> Iterator[slice]:
@@ -48,7 +49,7 @@ def _blocks(n_rows: int, block_rows: int) -> Iterator[slice]:
 
 
 def write_predictions(
-    path: str | Path,
+    path: Location,
     rows: PredictionRows,
     *,
     overwrite: bool = True,

@@ -17,7 +17,6 @@ import hashlib
 import json
 import zipfile
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ import numpy as np
 from streamnorm.atomic import atomic_output
 from streamnorm.errors import InputError, ModelMismatchError, StreamnormError
 from streamnorm.kernel import Float64Array
+from streamnorm.locations import Location, as_text, exists, open_file
 
 STATE_KIND = "streamnorm-match-state"
 STATE_VERSION = 1
@@ -129,7 +129,7 @@ class MatchState:
         """Number of references merged so far."""
         return int(self.seen_ids.shape[0])
 
-    def check_k(self, k: int | None, path: str | Path) -> None:
+    def check_k(self, k: int | None, path: Location) -> None:
         """Refuse a k that differs from the state's."""
         if k is not None and k != self.k:
             raise StateMismatchError(
@@ -209,7 +209,7 @@ class MatchState:
             batches=[*self.batches, batch],
         )
 
-    def save(self, path: str | Path, overwrite: bool = False) -> None:
+    def save(self, path: Location, overwrite: bool = False) -> None:
         """Write the state; it appears (or replaces the old one) only once complete."""
         meta = {
             "kind": STATE_KIND,
@@ -233,7 +233,7 @@ class MatchState:
             )
 
     @classmethod
-    def load(cls, path: str | Path) -> MatchState:
+    def load(cls, path: Location) -> MatchState:
         """Read a state written by :meth:`save`.
 
         Raises
@@ -241,11 +241,11 @@ class MatchState:
         InputError
             When the file is missing or is not a match state.
         """
-        location = Path(path)
-        if not location.is_file():
+        location = as_text(path)
+        if not exists(location):
             raise InputError(f"{location}: no such match state file")
         try:
-            with np.load(location, allow_pickle=False) as data:
+            with open_file(location, "rb") as stream, np.load(stream, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"][()]))
                 arrays = {
                     name: np.asarray(data[name]) for name in ("scores", "reference_ids", "seen_ids")

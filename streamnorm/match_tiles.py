@@ -216,7 +216,7 @@ def top_k_per_query(
             ]
             blocks = list(pool.map(partial(_read_in_worker, plan, queries), query_blocks))
             for block in blocks:
-                digest.update(block.tobytes())
+                digest.update(np.ascontiguousarray(block).data)
             running = [_Running(len(block)) for block in blocks]
             tiles = _submit_tiles(
                 pool, plan, references, reference_keys, reference_blocks, blocks, running, k
@@ -262,11 +262,16 @@ def _submit_tiles(
     queued: set[int] = set()
     pending = dict.fromkeys(range(len(reference_blocks)), len(query_blocks))
     lock = threading.Lock()
+    # One block read at a time: reading is short next to searching, and its scratch
+    # space (decoding, normalizing) is the largest transient memory of the pass.
+    reading = threading.Lock()
 
     def load(i: int) -> ExactTopK:
         start, stop = reference_blocks[i]
         faiss.omp_set_num_threads(plan.faiss_threads)
-        return _searcher(references.read(start, stop), reference_keys[start:stop])
+        with reading:
+            block = references.read(start, stop)
+        return _searcher(block, reference_keys[start:stop])
 
     def search(i: int, j: int) -> None:
         searcher = loads[i].result()
@@ -283,7 +288,8 @@ def _submit_tiles(
         for ahead in (i, i + 1):
             if ahead < len(reference_blocks) and ahead not in queued:
                 queued.add(ahead)
-                loads[ahead] = pool.submit(load, ahead)
+                with lock:
+                    loads[ahead] = pool.submit(load, ahead)
         tiles.extend(pool.submit(search, i, j) for j in range(len(query_blocks)))
     return tiles
 

@@ -40,6 +40,7 @@ byte-identical to a full run over all of them together.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,10 @@ from typing import Any
 import numpy as np
 
 from streamnorm.config import NormalizationParams, params_from_dict
-from streamnorm.encoding import Role, encode
+from streamnorm.encoding import Role, encode, extra_dims
 from streamnorm.errors import ModelMismatchError, OutputExistsError, StreamnormError
 from streamnorm.kernel import Float32Array, Float64Array, IndexArray, l2_normalize
+from streamnorm.locations import Location, as_text, exists, is_url
 from streamnorm.match_output import write_predictions
 from streamnorm.match_state import MatchState, StateMismatchError, prefix_digest
 from streamnorm.match_tiles import (
@@ -63,8 +65,10 @@ from streamnorm.sources import DescriptorSource, open_source
 
 DEFAULT_K = 10
 DEFAULT_MAX_RESULTS = 500_000
-# Rows encoded at a time inside a block read: bounds the float64 scratch of the kernel.
-_ENCODE_ROWS = 8192
+# Rows encoded at a time: bounds the float64 scratch space of the kernel.
+_ENCODE_ROWS = 4096
+# Rows read from a store at a time (rounded up to whole chunks): bounds decoding buffers.
+_READ_ROWS = 8192
 
 
 @dataclass
@@ -76,7 +80,7 @@ class ScoringSide:
     params: NormalizationParams | None
 
     @classmethod
-    def open(cls, path: str | Path, role: Role, ids_path: str | Path | None = None) -> ScoringSide:
+    def open(cls, path: Location, role: Role, ids_path: Location | None = None) -> ScoringSide:
         """Open a raw or normalized store for matching."""
         source = open_source(path, ids_path)
         params = params_from_dict(source.attrs["params"]) if source.is_normalized else None
@@ -100,35 +104,57 @@ class ScoringSide:
             return self.source.dim
         return int(self.source.attrs["encoding"]["base_dim"])
 
+    @property
+    def scored_dim(self) -> int:
+        """Dimension of the rows as scored (the inner-product encoding for normalized)."""
+        if self.params is None:
+            return self.source.dim
+        return self.base_dim + extra_dims(self.params)
+
     def read(self, start: int, stop: int) -> Float32Array:
         """Rows ``[start, stop)`` ready for inner-product scoring.
 
-        The rows are read from the store in one slice (one pass over its chunks) and
-        encoded in sub-blocks, which bounds the kernel's float64 scratch space.
+        The rows are read a store chunk (or a few) at a time and encoded in sub-blocks:
+        each stored row is read once, and the transient memory of decoding and encoding
+        stays a chunk's worth however large the block.
         """
-        if self.params is None:
-            raw = self.source.read(start, stop)
-            return _by_rows(raw, l2_normalize)
-        params = self.params
-        stored = np.asarray(self.source.vectors[start:stop])
-        base = np.ascontiguousarray(stored[:, : self.base_dim], dtype=np.float32)
-        background = np.asarray(self.source.background[start:stop], dtype=np.float64)
-        parts = [
-            encode(base[s:e], background[s:e], self.role, params, metric="ip")
-            for s, e in _sub_blocks(len(base))
-        ]
-        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+        out = np.empty((stop - start, self.scored_dim), dtype=np.float32)
+        for piece_start, piece_stop in _pieces(start, stop, _chunk_rows(self.source.vectors)):
+            target = out[piece_start - start : piece_stop - start]
+            if self.params is None:
+                rows = self.source.read(piece_start, piece_stop)
+                for s, e in _sub_blocks(len(rows)):
+                    target[s:e] = l2_normalize(rows[s:e])
+                continue
+            stored = np.asarray(self.source.vectors[piece_start:piece_stop])
+            base = np.ascontiguousarray(stored[:, : self.base_dim], dtype=np.float32)
+            background = np.asarray(
+                self.source.background[piece_start:piece_stop], dtype=np.float64
+            )
+            for s, e in _sub_blocks(len(base)):
+                target[s:e] = encode(base[s:e], background[s:e], self.role, self.params, "ip")
+        return out
+
+
+def _chunk_rows(vectors: Any) -> int | None:
+    """Rows per stored chunk (zarr, chunked HDF5), or None when unknown."""
+    chunks = getattr(vectors, "chunks", None)
+    return int(chunks[0]) if chunks else None
+
+
+def _pieces(start: int, stop: int, chunk_rows: int | None) -> list[tuple[int, int]]:
+    """Chunk-aligned ranges of at least ``_READ_ROWS`` rows (one range when unchunked)."""
+    if chunk_rows is None:
+        step = _READ_ROWS
+        return [(s, min(stop, s + step)) for s in range(start, stop, step)]
+    # Whole chunks per read: a chunk split between reads would be decoded twice.
+    step = max(1, -(-_READ_ROWS // chunk_rows)) * chunk_rows
+    edges = [start, *range((start // step + 1) * step, stop, step), stop]
+    return list(itertools.pairwise(edges))
 
 
 def _sub_blocks(n_rows: int) -> list[tuple[int, int]]:
     return [(s, min(n_rows, s + _ENCODE_ROWS)) for s in range(0, n_rows, _ENCODE_ROWS)]
-
-
-def _by_rows(rows: Float32Array, work: Any) -> Float32Array:
-    out = np.empty_like(rows)
-    for start, stop in _sub_blocks(len(rows)):
-        out[start:stop] = work(rows[start:stop])
-    return out
 
 
 def check_compatible(queries: ScoringSide, references: ScoringSide) -> None:
@@ -156,35 +182,6 @@ def id_ranks(ids: np.ndarray) -> IndexArray:
     ranks = np.empty(len(ids), dtype=np.int64)
     ranks[np.argsort(ids, kind="stable")] = np.arange(len(ids))
     return ranks
-
-
-@dataclass
-class MatchResult:
-    """Candidate pairs as row numbers into one query and one reference store.
-
-    The in-memory form used by callers that score stores themselves (e.g. tuning);
-    :func:`match` returns :class:`RankedMatches`, which also covers references merged
-    from several batches.
-    """
-
-    query_rows: IndexArray
-    reference_rows: IndexArray
-    scores: Float64Array
-
-
-def global_top(
-    result: MatchResult, query_ids: np.ndarray, reference_ids: np.ndarray, max_results: int | None
-) -> MatchResult:
-    """Keep the best ``max_results`` pairs, ordered by score, then query id, then reference id.
-
-    The same order as :func:`rank_globally`, for row-based results.
-    """
-    q_ranks = id_ranks(query_ids)[result.query_rows]
-    r_ranks = id_ranks(reference_ids)[result.reference_rows]
-    order = np.lexsort((r_ranks, q_ranks, -result.scores))
-    if max_results is not None:
-        order = order[:max_results]
-    return MatchResult(result.query_rows[order], result.reference_rows[order], result.scores[order])
 
 
 @dataclass
@@ -337,19 +334,24 @@ def _check_options(k: int | None, max_results: int | None) -> None:
         )
 
 
-def _refuse_existing(overwrite: bool, *paths: str | Path | None) -> None:
+def _refuse_existing(overwrite: bool, *paths: Location | None) -> None:
     for path in paths:
-        if path is not None and Path(path).exists() and not overwrite:
+        if path is not None and exists(path) and not overwrite:
             raise OutputExistsError(
                 f"{path}: output already exists (use --overwrite to replace it)"
             )
+
+
+def absolute(location: Location) -> str:
+    """A location that still names the same data from another working directory."""
+    return as_text(location) if is_url(location) else str(Path(location).resolve())
 
 
 def _batch(side: ScoringSide, start: int = 0) -> dict[str, Any]:
     """What the state records about merged reference rows ``[start, n_rows)``."""
     return {
         **side.source.identity(),
-        "path": str(Path(side.source.path).resolve()),
+        "path": absolute(side.source.path),
         "start": start,
         "stop": side.n_rows,
         "prefix_sha256": prefix_digest(side.source.ids, side.source.vectors, side.n_rows),
@@ -374,14 +376,14 @@ class RowRange:
 
 
 def match(
-    queries_path: str | Path,
-    references_path: str | Path,
-    out: str | Path,
+    queries_path: Location,
+    references_path: Location,
+    out: Location,
     *,
     k: int = DEFAULT_K,
     max_results: int | None = DEFAULT_MAX_RESULTS,
     overwrite: bool = False,
-    state: str | Path | None = None,
+    state: Location | None = None,
     tiling: Tiling | None = None,
     progress: bool = False,
 ) -> RankedMatches:
@@ -428,7 +430,7 @@ def match(
             k=k,
             model_fingerprint=queries.fingerprint,
             base_dim=queries.base_dim,
-            queries_path=str(Path(queries_path).resolve()),
+            queries_path=absolute(queries_path),
             queries_identity=queries.source.identity(),
             queries_digest=top.query_digest,
             scores=top.scores,
@@ -440,14 +442,14 @@ def match(
 
 
 def update_match(
-    state_path: str | Path,
-    references_path: str | Path,
-    out: str | Path,
+    state_path: Location,
+    references_path: Location,
+    out: Location,
     *,
     k: int | None = None,
     max_results: int | None = DEFAULT_MAX_RESULTS,
     overwrite: bool = False,
-    state_out: str | Path | None = None,
+    state_out: Location | None = None,
     tiling: Tiling | None = None,
     progress: bool = False,
 ) -> RankedMatches:
@@ -488,14 +490,14 @@ def update_match(
         References made with another model than the state.
     """
     _check_options(k, max_results)
-    target = Path(state_out) if state_out is not None else Path(state_path)
-    _refuse_existing(overwrite, out, None if target == Path(state_path) else target)
+    target = as_text(state_out if state_out is not None else state_path)
+    _refuse_existing(overwrite, out, None if target == as_text(state_path) else target)
     state = MatchState.load(state_path)
     state.check_k(k, state_path)
     references = ScoringSide.open(references_path, "reference")
     state.check_model(references.fingerprint, references.base_dim, str(references_path))
     source = references.source
-    first = state.first_new_row(str(Path(source.path).resolve()), source.ids, source.vectors)
+    first = state.first_new_row(absolute(source.path), source.ids, source.vectors)
     new_ids = source.ids[first:]
     if not len(new_ids):
         raise StateMismatchError(
@@ -528,12 +530,10 @@ def update_match(
 __all__ = [
     "DEFAULT_K",
     "DEFAULT_MAX_RESULTS",
-    "MatchResult",
     "RankedMatches",
     "ScoringSide",
     "Tiling",
     "check_compatible",
-    "global_top",
     "id_ranks",
     "match",
     "rank_globally",

@@ -257,7 +257,8 @@ class Normalizer:
         """Read a model folder written by :meth:`save` (a URL is downloaded once)."""
         info = read_model_info(path)
         normalizer = cls(params_from_dict(info["params"]))
-        folder = local_copy(path, key=info["fingerprint"])
+        # Keyed by the whole metadata: a model rewritten at the same URL is fetched anew.
+        folder = local_copy(path, key=json.dumps(info, sort_keys=True))
         try:
             index = faiss.read_index(str(folder / INDEX_FILE))
         except RuntimeError:

@@ -198,7 +198,7 @@ def normalize(
             f"{model_path} was fitted on dimension {info['dim']}"
         )
     attrs = output_attrs(as_text(model_path), info, role)
-    batch = {"input": source.identity(), "path": source.path}
+    batch: dict[str, Any] = {"input": source.identity(), "path": source.path}
     # A store being resumed or appended to has its chunk size already.
     existing = store_status(out) or {}
     fixed = "chunk_rows" in existing and not (overwrite and not append)

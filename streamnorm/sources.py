@@ -179,14 +179,15 @@ def _open_zarr(location: Location) -> DescriptorSource:
         group = zarr.open_group(as_text(location), mode="r")
     except Exception:
         raise InputError(f"{location}: not a descriptor store (no zarr group here)") from None
-    members = set(group.array_keys())
-    if not {"vectors", "ids"} <= members:
-        raise InputError(f"{location}: not a descriptor store (needs 'vectors' and 'ids' arrays)")
+    # Status first: a run killed early leaves an incomplete store without its arrays.
     attrs = streamnorm_attrs(group)
     if attrs and attrs.get("status") != "complete":
         raise InputError(
             f"{location}: store is incomplete (an interrupted run); rerun the command that made it"
         )
+    members = set(group.array_keys())
+    if not {"vectors", "ids"} <= members:
+        raise InputError(f"{location}: not a descriptor store (needs 'vectors' and 'ids' arrays)")
     background = array(group, "background") if "background" in members else None
     ids = np.array(np.asarray(array(group, "ids")[:]).tolist()).astype(str)
     return DescriptorSource(as_text(location), array(group, "vectors"), ids, attrs, background)

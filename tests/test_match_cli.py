@@ -11,6 +11,8 @@ import pytest
 from conftest import write_store
 from match_helpers import read_rows
 
+from streamnorm.matching import match
+
 
 def run(*args):
     return subprocess.run(
@@ -51,8 +53,7 @@ def stores(tmp_path_factory):
 
 def test_match_with_state_then_update_equals_a_full_run(stores, tmp_path):
     full = tmp_path / "full.csv"
-    done = run("match", stores / "q.zarr", stores / "all.zarr", "--out", full, "--k", 3, "-q")
-    assert done.returncode == 0, done.stderr
+    match(stores / "q.zarr", stores / "all.zarr", full, k=3)
     state = tmp_path / "state.npz"
     done = run(
         "match", stores / "q.zarr", stores / "a.zarr", "--out", tmp_path / "p0.csv",
@@ -85,11 +86,7 @@ def test_match_with_state_then_update_equals_a_full_run(stores, tmp_path):
 
 def test_evaluate_several_files_with_labels_and_a_plot(stores, tmp_path):
     for name, k in (("k1", 1), ("k5", 5)):
-        done = run(
-            "match", stores / "q.zarr", stores / "all.zarr", "--out", tmp_path / f"{name}.csv",
-            "--k", k, "-q",
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
+        match(stores / "q.zarr", stores / "all.zarr", tmp_path / f"{name}.csv", k=k)
     files = [tmp_path / "k1.csv", tmp_path / "k5.csv"]
     plot = tmp_path / "pr.png"
     done = run(

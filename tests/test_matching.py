@@ -1,4 +1,5 @@
 import csv
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from match_helpers import (
     with_duplicates,
 )
 
-from streamnorm import matching
+from streamnorm import match_tiles, matching
 from streamnorm.config import build_params
 from streamnorm.errors import ModelMismatchError, StreamnormError
 from streamnorm.hdf5_export import export_submission
@@ -318,3 +319,29 @@ def test_bad_options_are_refused(tied, tmp_path):
         with pytest.raises(StreamnormError):
             match(tied.queries_path, tied.refs_path, tmp_path / "p.csv", **kwargs)
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_tiles_finishing_in_any_order_give_the_same_bytes(tied, tmp_path, monkeypatch):
+    tiling = Tiling(threads=4, query_block_rows=6, reference_block_rows=20)
+    match(tied.queries_path, tied.refs_path, tmp_path / "calm.csv", k=3, tiling=tiling)
+    real = match_tiles._searcher
+
+    for seed in (1, 2):
+        rng = np.random.default_rng(seed)
+        delays = iter(rng.uniform(0, 0.004, 10_000).tolist())
+
+        def jittery(block, keys, delays=delays):
+            searcher = real(block, keys)
+            search = searcher.search
+
+            def slow_search(queries, k):
+                time.sleep(next(delays))  # the GIL-free wait reorders completions
+                return search(queries, k)
+
+            searcher.search = slow_search
+            return searcher
+
+        monkeypatch.setattr(match_tiles, "_searcher", jittery)
+        out = tmp_path / f"jitter{seed}.csv"
+        match(tied.queries_path, tied.refs_path, out, k=3, tiling=tiling)
+        assert out.read_bytes() == (tmp_path / "calm.csv").read_bytes()
