@@ -39,6 +39,9 @@ class BenchSizes:
         Normalization parameters (``configs/<preset>.toml``).
     rss_factor : int
         The memory line runs N and ``rss_factor * N`` rows.
+    rss_reps : int
+        Measurements of each size, in ABBA order; the largest peak counts, since the
+        peak of one run varies by tens of MB with the timing of the allocations.
     append_fraction : float
         Rows appended, as a fraction of N.
     sgemm_size : int
@@ -49,6 +52,11 @@ class BenchSizes:
         Pipeline-sized blocks searched both ways by the determinism line.
     determinism_reps : int
         Interleaved repetitions of the determinism line (the best of each counts).
+    scaling_rows : int, optional
+        Rows of the one-thread-per-worker scaling pair (N by default); its one-core run
+        is the slowest of the benchmark, hence the option to make it smaller.
+    scaling_reps : int
+        Repetitions of each one-worker/two-worker pair, in ABBA order (the best counts).
     match_queries, match_refs, match_k : int
         Sizes handed to ``streamnorm.match_bench.bench_match``.
     seed : int
@@ -61,11 +69,14 @@ class BenchSizes:
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     preset: str = "isc21"
     rss_factor: int = 4
+    rss_reps: int = 1
     append_fraction: float = 0.1
     sgemm_size: int = 4096
     sgemm_reps: int = 3
     determinism_blocks: int = 8
     determinism_reps: int = 2
+    scaling_rows: int | None = None
+    scaling_reps: int = 1
     match_queries: int = 10_000
     match_refs: int = 100_000
     match_k: int = 10
@@ -89,8 +100,10 @@ class BenchSizes:
             n_train=32_768,
             sgemm_size=2048,
             sgemm_reps=3,
-            determinism_blocks=4,
+            determinism_blocks=2,
             determinism_reps=3,
+            scaling_reps=2,
+            rss_reps=2,
             match_queries=2_000,
             match_refs=32_768,
         )
@@ -103,8 +116,10 @@ class BenchSizes:
             n_train=100_000,
             sgemm_size=4096,
             sgemm_reps=5,
-            determinism_blocks=8,
+            determinism_blocks=6,
             determinism_reps=2,
+            scaling_rows=98_304,
+            rss_reps=2,
             match_queries=10_000,
             match_refs=200_000,
         )
@@ -121,6 +136,8 @@ class BenchData:
     """The rows appended after ``vectors`` (ids continue where it stops)."""
     large: Path
     """``rss_factor * N`` rows."""
+    scaling: Path
+    """The first ``scaling_rows`` rows (``vectors`` itself when that is N)."""
     model: Path
 
 
@@ -158,13 +175,21 @@ def prepare_data(sizes: BenchSizes, folder: Path, progress: bool = True) -> Benc
     )
     rows = sizes.chunk_rows
     n = sizes.n_vectors
+    vectors = _write_rows(folder / "vectors.zarr", spec, "refs", 0, n, rows, progress)
+    scaling_rows = sizes.scaling_rows or n
+    scaling = (
+        vectors
+        if scaling_rows == n
+        else _write_rows(folder / "scaling.zarr", spec, "refs", 0, scaling_rows, rows, progress)
+    )
     data = BenchData(
         train=_write_rows(folder / "train.zarr", spec, "train", 0, sizes.n_train, rows, progress),
-        vectors=_write_rows(folder / "vectors.zarr", spec, "refs", 0, n, rows, progress),
+        vectors=vectors,
         extra=_write_rows(
             folder / "extra.zarr", spec, "refs", n, n + sizes.n_append, rows, progress
         ),
         large=_write_rows(folder / "large.zarr", spec, "refs", 0, large_rows, rows, progress),
+        scaling=scaling,
         model=folder / "model",
     )
     fit_model(data.train, data.model, build_params(sizes.preset), progress=progress)

@@ -8,23 +8,22 @@ makes the pipeline, a hand-written faiss search and a GEMM directly comparable.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from streamnorm.bench_data import BenchData, BenchSizes
 from streamnorm.bench_rss import peak_memory
 from streamnorm.encoding import Role
 from streamnorm.kernel import Float32Array, l2_normalize
-from streamnorm.model import INDEX_FILE, Normalizer
+from streamnorm.model import Normalizer
 from streamnorm.neighbours import ExactTopK
 from streamnorm.pipeline import normalize
 from streamnorm.schedulers import default_workers
@@ -60,7 +59,9 @@ def plain_faiss(data: BenchData, sizes: BenchSizes) -> dict[str, Any]:
     """
     model = Normalizer.load(data.model)
     _, fetch = search_depth(model)
-    index = faiss.read_index(str(data.model / INDEX_FILE))
+    # The model's index is the IndexFlatIP a user would build over the training vectors.
+    index = model.index_
+    assert index is not None
     began = time.perf_counter()
     vectors = np.ascontiguousarray(open_source(data.vectors).vectors[:], dtype=np.float32)
     faiss.normalize_L2(vectors)
@@ -88,12 +89,14 @@ def pipeline_run(
     }
 
 
-@contextmanager
-def task_threads(threads: int) -> Iterator[None]:
-    """Size faiss's and BLAS's pools inside a task, as the pipeline's tasks do."""
+def task_threads(threads: int) -> None:
+    """Size faiss's OpenMP team inside a task, as the pipeline's tasks do.
+
+    OpenMP thread counts belong to the calling thread, so this is safe from concurrent
+    tasks. Neither path of the comparison calls numpy's BLAS, whose thread count is
+    process-global, so it is left alone.
+    """
     faiss.omp_set_num_threads(threads)
-    with threadpool_limits(limits=threads):
-        yield
 
 
 def _timed_pool(
@@ -124,12 +127,12 @@ def determinism_cost(data: BenchData, sizes: BenchSizes) -> dict[str, Any]:
     threads = max(1, default_workers() // tasks)
 
     def raw(block: Float32Array) -> object:
-        with task_threads(threads):
-            return index.search(block, fetch)
+        task_threads(threads)
+        return index.search(block, fetch)
 
     def exact(block: Float32Array) -> object:
-        with task_threads(threads):
-            return searcher.search(block, depth)
+        task_threads(threads)
+        return searcher.search(block, depth)
 
     times: dict[str, list[float]] = {"raw": [], "exact": []}
     with ThreadPoolExecutor(tasks) as pool:
@@ -157,44 +160,63 @@ def determinism_cost(data: BenchData, sizes: BenchSizes) -> dict[str, Any]:
     }
 
 
+def _local_cluster(workers: int) -> Any:
+    """A LocalCluster shaped like the pipeline's ``local-cluster:N``."""
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        # Workers log a heartbeat error when the scheduler closes first; that is harmless.
+        silence_logs=logging.CRITICAL,
+    )
+
+
 def cluster_startup_seconds(workers: int) -> float:
-    """Start and close a LocalCluster shaped like the pipeline's ``local-cluster:N``."""
-    from distributed import Client, LocalCluster
+    """Start, connect to and close a cluster shaped like ``local-cluster:<workers>``."""
+    from distributed import Client
 
     began = time.perf_counter()
-    with (
-        LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster,
-        Client(cluster),
-    ):
+    with _local_cluster(workers) as cluster, Client(cluster):
         pass
     return time.perf_counter() - began
 
 
-def cluster_run(
-    data: BenchData, sizes: BenchSizes, workers: int, out: Path, progress: bool = False
-) -> dict[str, Any]:
+def cluster_run(data: BenchData, sizes: BenchSizes, workers: int, out: Path) -> dict[str, Any]:
     """Normalize on ``local-cluster:<workers>``; the compute phase excludes start-up.
 
-    The pipeline starts and closes its own cluster inside the call, so the start-up of
-    an identical cluster is measured alone just before and subtracted.
+    The pipeline starts and closes its own cluster inside the call, so the start-up and
+    shutdown of an identical cluster are timed alone just before and subtracted.
     """
     startup = cluster_startup_seconds(workers)
-    run = pipeline_run(
-        data.vectors,
-        data.model,
-        out,
-        sizes,
-        scheduler=f"local-cluster:{workers}",
-        progress=progress,
-    )
+    scheduler = f"local-cluster:{workers}"
+    run = pipeline_run(data.vectors, data.model, out, sizes, scheduler=scheduler)
     compute = max(run["seconds"] - startup, 1e-9)
     return {
         "total": run,
         "startup_seconds": startup,
         "compute": rates(run["rows"], compute, sizes),
+        "threads_per_task": max(1, default_workers() // workers),
     }
+
+
+def one_thread_cluster_run(
+    data: BenchData, sizes: BenchSizes, workers: int, out: Path
+) -> dict[str, Any]:
+    """Normalize on an already running cluster of one-thread workers, by its address.
+
+    For a scheduler address the pipeline gives every task one thread, so one worker
+    uses exactly one core: this isolates scaling with cores, which ``local-cluster:1``
+    (one task with every core's threads) does not. The cluster starts before the timed
+    call, so the time is the compute phase.
+    """
+    with _local_cluster(workers) as cluster:
+        run = pipeline_run(
+            data.scaling, data.model, out, sizes, scheduler=cluster.scheduler_address
+        )
+    return {"total": run, "startup_seconds": 0.0, "compute": run, "threads_per_task": 1}
 
 
 def normalize_command(source: Path, model: Path, out: Path, sizes: BenchSizes) -> list[str]:
@@ -217,26 +239,20 @@ def normalize_command(source: Path, model: Path, out: Path, sizes: BenchSizes) -
     ]
 
 
-def peak_rss(data: BenchData, sizes: BenchSizes, folder: Path) -> dict[str, Any]:
-    """Peak RSS of ``streamnorm normalize`` at N and at ``rss_factor * N`` rows.
+def peak_rss(source: Path, data: BenchData, sizes: BenchSizes, out: Path) -> dict[str, Any]:
+    """Peak RSS of ``streamnorm normalize`` of one input, in a fresh process.
 
-    Each run is a fresh process, so neither inherits the other's (or this process's)
-    memory; see :mod:`streamnorm.bench_rss`.
+    A fresh process inherits nothing from this one or from an earlier measurement;
+    see :mod:`streamnorm.bench_rss`.
     """
-    runs: dict[str, dict[str, Any]] = {}
-    for name, source in (("n", data.vectors), ("large", data.large)):
-        measured = peak_memory(
-            normalize_command(source, data.model, folder / f"rss-{name}.zarr", sizes)
-        )
-        runs[name] = {
-            "rows": open_source(source).n_rows,
-            "peak_bytes": measured.peak_bytes,
-            "kernel_peak_bytes": measured.kernel_peak_bytes,
-            "polled_peak_bytes": measured.polled_peak_bytes,
-            "seconds": measured.seconds,
-        }
-    ratio = runs["large"]["peak_bytes"] / runs["n"]["peak_bytes"]
-    return {**runs, "ratio": ratio}
+    measured = peak_memory(normalize_command(source, data.model, out, sizes))
+    return {
+        "rows": open_source(source).n_rows,
+        "peak_bytes": measured.peak_bytes,
+        "hwm_bytes": measured.hwm_bytes,
+        "polled_peak_bytes": measured.polled_peak_bytes,
+        "seconds": measured.seconds,
+    }
 
 
 def match_line(sizes: BenchSizes) -> dict[str, Any]:

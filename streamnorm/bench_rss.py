@@ -1,17 +1,19 @@
 """Peak resident memory of a command, measured in a fresh child process.
 
-``getrusage(RUSAGE_CHILDREN)`` reports the largest peak of *all* children reaped so far,
-so a second, smaller measurement would be hidden behind the first. Each command is
-therefore its own process, reaped with ``wait4``, which returns that one child's peak as
-the kernel counted it. The process tree is also polled every 20 ms, which catches the
-memory of grandchildren (worker pools) that ``wait4`` does not include.
+The kernel's per-process accounting (``getrusage``/``wait4``: ``ru_maxrss``) cannot be
+used here: Linux carries the high-water mark across ``exec``, so a child forked from a
+large process reports at least the parent's size at fork time (a child of this 500 MB
+benchmark "peaks" at 500 MB even if it runs ``python -c pass``), and
+``RUSAGE_CHILDREN`` is moreover the maximum over every child reaped so far. Instead the
+child's process tree is polled every 20 ms for ``VmHWM``, the high-water mark of each
+process's *own* address space, which a fresh ``exec`` starts from zero; only growth in
+the last 20 ms before exit could be missed. The summed current RSS of the tree is
+polled as well, a lower bound that also works where ``/proc`` does not exist.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,50 +29,54 @@ class PeakMemory:
     """Memory and time of one finished command."""
 
     peak_bytes: int
-    """The larger of the kernel's and the polled peak."""
-    kernel_peak_bytes: int | None
-    """``ru_maxrss`` of the child from ``wait4`` (None where unavailable)."""
+    """The high-water mark when known, else the polled peak."""
+    hwm_bytes: int | None
+    """Sum over the process tree of each process's ``VmHWM`` (None without ``/proc``)."""
     polled_peak_bytes: int
     """Largest sum of the resident sizes of the process tree seen while polling."""
     seconds: float
     returncode: int
 
 
-def _tree_rss(process: psutil.Process) -> int:
-    """Resident bytes of a process and all its descendants; 0 once it is gone."""
-    total = 0
+def high_water_mark(pid: int) -> int | None:
+    """``VmHWM`` of a process in bytes, or None when it cannot be read."""
     try:
-        members = [process, *process.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for member in members:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class _TreeWatcher:
+    """Running maxima of a process tree's memory, one :meth:`sample` at a time."""
+
+    def __init__(self, root: psutil.Process) -> None:
+        self.root = root
+        self.hwm: dict[int, int] = {}
+        self.polled = 0
+
+    def sample(self) -> None:
         try:
-            total += member.memory_info().rss
+            members = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
-            continue  # a descendant that just exited holds no memory any more
-    return total
+            return  # the root has exited; its last sample stands
+        total = 0
+        for member in members:
+            try:
+                total += member.memory_info().rss
+            except psutil.Error:
+                continue  # a descendant that just exited holds no memory any more
+            mark = high_water_mark(member.pid)
+            if mark is not None:
+                self.hwm[member.pid] = max(self.hwm.get(member.pid, 0), mark)
+        self.polled = max(self.polled, total)
 
-
-def _maxrss_bytes(maxrss: int) -> int:
-    # Linux reports kilobytes, macOS bytes.
-    return maxrss if sys.platform == "darwin" else maxrss * 1024
-
-
-def _wait(child: subprocess.Popen[bytes], watched: psutil.Process) -> tuple[int, int | None, int]:
-    """Poll until the child exits; its exit code, kernel peak and polled peak."""
-    polled = 0
-    while True:
-        if hasattr(os, "wait4"):
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                code = os.waitstatus_to_exitcode(status)
-                # Tell Popen the child is reaped, so it does not try again.
-                child.returncode = code
-                return code, _maxrss_bytes(usage.ru_maxrss), polled
-        elif child.poll() is not None:
-            return child.returncode, None, polled
-        polled = max(polled, _tree_rss(watched))
-        time.sleep(POLL_SECONDS)
+    @property
+    def hwm_total(self) -> int | None:
+        return sum(self.hwm.values()) if self.hwm else None
 
 
 def peak_memory(command: list[str], cwd: str | Path | None = None) -> PeakMemory:
@@ -96,10 +102,17 @@ def peak_memory(command: list[str], cwd: str | Path | None = None) -> PeakMemory
         began = time.perf_counter()
         # stderr goes to a file, not a pipe: a full pipe would stall the child.
         child = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errors)
-        code, kernel, polled = _wait(child, psutil.Process(child.pid))
+        watcher = _TreeWatcher(psutil.Process(child.pid))
+        while child.poll() is None:
+            watcher.sample()
+            time.sleep(POLL_SECONDS)
         seconds = time.perf_counter() - began
-        if code != 0:
+        if child.returncode != 0:
             errors.seek(0)
             tail = errors.read().decode(errors="replace").strip().splitlines()[-5:]
-            raise RuntimeError(f"{' '.join(command)} failed ({code}): " + " | ".join(tail))
-    return PeakMemory(max(kernel or 0, polled), kernel, polled, seconds, code)
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({child.returncode}): " + " | ".join(tail)
+            )
+    hwm = watcher.hwm_total
+    peak = hwm if hwm is not None else watcher.polled
+    return PeakMemory(peak, hwm, watcher.polled, seconds, child.returncode)

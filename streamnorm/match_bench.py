@@ -15,9 +15,7 @@ Throughput is in query-reference pairs per second.
 
 from __future__ import annotations
 
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from streamnorm.bench_rss import peak_memory
 from streamnorm.match_tiles import available_cores
 from streamnorm.matching import match
 from streamnorm.sources import open_source
@@ -67,20 +66,17 @@ class ChildRun:
 
 
 def run_child(args: list[str]) -> ChildRun:
-    """Run a command and measure it alone (``os.wait4`` reports exactly this child)."""
-    began = time.perf_counter()
-    with tempfile.TemporaryFile() as errors:
-        child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=errors)
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - began
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode != 0:
-            errors.seek(0)
-            message = errors.read().decode(errors="replace").strip()
-            raise RuntimeError(f"{' '.join(args)} failed: {message}")
-    # ru_maxrss is in kilobytes on Linux, bytes on macOS.
-    scale = 1 if sys.platform == "darwin" else 1024
-    return ChildRun(seconds, usage.ru_utime + usage.ru_stime, int(usage.ru_maxrss) * scale)
+    """Run a command and measure it alone.
+
+    Peak memory is the child's own ``VmHWM`` (``ru_maxrss`` would report the parent's
+    high-water mark, which Linux carries through fork); CPU time is the children's
+    accumulated CPU time, which does add up per child.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    measured = peak_memory(args)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return ChildRun(measured.seconds, cpu, measured.peak_bytes)
 
 
 def faiss_baseline(queries: Path, references: Path, k: int) -> dict[str, float]:

@@ -101,21 +101,21 @@ def normalize_chunk(job: ChunkJob, chunk: tuple[int, int, int]) -> int:
     are carried over; the others are computed from the input.
     """
     index, start, stop = chunk
-    # Thread pools are per calling thread, so size them here, inside the task.
+    # faiss's OpenMP thread count is per calling thread, so it is set here, in the task.
+    # (BLAS pools are process-wide: they are sized once around the whole computation.)
     faiss.omp_set_num_threads(job.threads)
-    with threadpool_limits(limits=job.threads):
-        model = cached_model(job.model_path, job.fingerprint)
-        first_new = max(start, job.batch_start)
-        normalized = model.transform(
-            _cached_source(job).read(first_new - job.batch_start, stop - job.batch_start)
-        )
-        vectors = model.encode(normalized, job.role)
-        background = normalized.background
-        if first_new > start:
-            group = zarr.open_group(job.out, mode="r")
-            vectors = np.concatenate([array(group, "vectors")[start:first_new], vectors])
-            background = np.concatenate([array(group, "background")[start:first_new], background])
-        return write_chunk(job.out, index, start, vectors, background)
+    model = cached_model(job.model_path, job.fingerprint)
+    first_new = max(start, job.batch_start)
+    normalized = model.transform(
+        _cached_source(job).read(first_new - job.batch_start, stop - job.batch_start)
+    )
+    vectors = model.encode(normalized, job.role)
+    background = normalized.background
+    if first_new > start:
+        group = zarr.open_group(job.out, mode="r")
+        vectors = np.concatenate([array(group, "vectors")[start:first_new], vectors])
+        background = np.concatenate([array(group, "background")[start:first_new], background])
+    return write_chunk(job.out, index, start, vectors, background)
 
 
 def output_attrs(model_path: str, info: dict[str, Any], role: Role) -> dict[str, Any]:
@@ -242,7 +242,10 @@ def normalize(
         description = f"normalize {role} vectors"
         # Distributed schedulers report progress themselves.
         local_bar = progress and scheduler in LOCAL_SCHEDULERS
-        with dask_progress(description, len(tasks), TASK_PREFIX, enabled=local_bar):
+        with (
+            dask_progress(description, len(tasks), TASK_PREFIX, enabled=local_bar),
+            threadpool_limits(limits=plan.threads, user_api="blas"),
+        ):
             compute(tasks, scheduler, plan.workers, description, progress)
         _finish(store)
     except StreamnormError:

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from streamnorm.bench import BenchSizes, bench_table, run_bench, write_json
+from streamnorm.bench_report import Target
 from streamnorm.bench_rss import peak_memory
 from streamnorm.cli import app
 
@@ -53,7 +54,9 @@ def test_every_figure_is_there(result: dict[str, Any]) -> None:
     assert set(FIGURES) <= set(result["figures"])
     assert result["sizes"]["n_vectors"] == TINY.n_vectors
     scaling = result["figures"]["scaling"]
-    assert {"threads", "local_cluster_1", "local_cluster_2", "ratio", "startup"} <= set(scaling)
+    assert {"threads", "local_cluster", "one_thread", "ratio", "startup"} <= set(scaling)
+    for pair in ("local_cluster", "one_thread"):
+        assert {"1", "2", "ratio", "ratio_with_startup"} <= set(scaling[pair])
     match = result["figures"]["match"]
     assert "skipped" in match or "result" in match
 
@@ -70,7 +73,7 @@ def test_ratios_are_positive_and_finite(result: dict[str, Any]) -> None:
     assert all(math.isfinite(r) and r > 0 for r in ratios)
     assert all(math.isfinite(n) for n in _numbers(result["figures"]))
     targeted = [line for line in result["lines"] if line["target"] is not None]
-    assert len(targeted) == 4
+    assert len(targeted) == 5
     assert all(isinstance(line["met"], bool) for line in targeted)
 
 
@@ -79,6 +82,7 @@ def test_rows_are_counted_right(result: dict[str, Any]) -> None:
     assert figures["normalize"]["rows"] == TINY.n_vectors
     assert figures["append"]["append"]["rows"] == TINY.n_append
     assert figures["rss"]["large"]["rows"] == TINY.rss_factor * TINY.n_vectors
+    assert figures["scaling"]["one_thread"]["2"]["compute"]["rows"] == TINY.n_vectors
     assert figures["determinism"]["raw"]["rows"] == 2 * TINY.chunk_rows
 
 
@@ -86,7 +90,8 @@ def test_peak_memory_is_plausible(result: dict[str, Any]) -> None:
     rss = result["figures"]["rss"]
     for run in ("n", "large"):
         assert rss[run]["peak_bytes"] > 10 * 2**20
-        assert rss[run]["peak_bytes"] >= rss[run]["polled_peak_bytes"]
+        assert rss[run]["peak_bytes"] == max(rss[run]["all_peak_bytes"])
+        assert rss[run]["peak_bytes"] >= 0.9 * rss[run]["polled_peak_bytes"]
 
 
 def test_machine_description(result: dict[str, Any]) -> None:
@@ -96,6 +101,20 @@ def test_machine_description(result: dict[str, Any]) -> None:
     for package in ("numpy", "faiss-cpu", "zarr", "dask"):
         assert machine["versions"][package] != "not installed"
     assert isinstance(machine["threadpools"], list)
+    assert isinstance(machine["threadpools_at_end"], list)
+
+
+def test_stages_record_the_machine_load(result: dict[str, Any]) -> None:
+    stages = result["stages"]
+    assert {stage["key"] for stage in stages} >= set(FIGURES) - {"scaling"}
+    assert all(stage["seconds"] > 0 and stage["others_cores"] >= 0 for stage in stages)
+    assert all(line["others_cores"] >= 0 for line in result["lines"])
+
+
+def test_targets() -> None:
+    assert Target(">=", 1.6).met(1.6) and not Target(">=", 1.6).met(1.59)
+    assert Target("<=", 0.15).met(0.1) and not Target("<=", 0.15).met(0.2)
+    assert str(Target("<=", 1.15)) == "<= 1.15"
 
 
 def test_table_has_one_row_per_line(result: dict[str, Any]) -> None:
