@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import platform
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
 from threadpoolctl import threadpool_info, threadpool_limits
+
+from streamnorm import provenance
 
 _PACKAGES = ("streamnorm", "numpy", "faiss-cpu", "zarr", "dask", "distributed", "threadpoolctl")
 
@@ -34,13 +35,7 @@ def cpu_model() -> str:
 
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages whose code does the measured work."""
-    found = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+    return {"python": platform.python_version(), **provenance.package_versions(_PACKAGES)}
 
 
 def machine_description() -> dict[str, Any]:

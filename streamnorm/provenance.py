@@ -7,10 +7,10 @@ from importlib.metadata import PackageNotFoundError, version
 _PACKAGES = ("streamnorm", "numpy", "faiss-cpu", "zarr", "dask", "distributed")
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
     """Installed versions of the packages that shape the numbers."""
     found = {}
-    for name in _PACKAGES:
+    for name in names:
         try:
             found[name] = version(name)
         except PackageNotFoundError:
