@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from streamnorm.config import build_params
 from streamnorm.model import fit_model
@@ -98,6 +99,12 @@ def isc21_model(small_data: SmallData) -> Path:
     if not path.exists():
         fit_model(small_data.train_path, path, build_params("isc21"))
     return path
+
+
+def store_arrays(path) -> dict[str, np.ndarray]:
+    """The vectors, background and ids of a normalized store (local path or URL)."""
+    group = zarr.open_group(str(path), mode="r")
+    return {name: np.asarray(group[name][:]) for name in ("vectors", "background", "ids")}
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

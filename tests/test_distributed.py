@@ -7,9 +7,8 @@ import signal
 import threading
 import time
 
-import numpy as np
 import pytest
-import zarr
+from conftest import store_arrays
 from distributed import Client, LocalCluster
 
 from streamnorm.model import models_loaded
@@ -17,8 +16,8 @@ from streamnorm.pipeline import normalize
 
 
 def arrays(path):
-    group = zarr.open_group(str(path), mode="r")
-    return {name: np.asarray(group[name][:]).tobytes() for name in ("vectors", "background")}
+    stored = store_arrays(path)
+    return {name: stored[name].tobytes() for name in ("vectors", "background")}
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 import pytest
 import zarr
+from conftest import store_arrays
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,9 +19,7 @@ from streamnorm.store import ATTRS_KEY, chunk_ranges
 FIXTURES = [HealthCheck.function_scoped_fixture]
 
 
-def arrays(path):
-    group = zarr.open_group(str(path), mode="r")
-    return {name: np.asarray(group[name][:]) for name in ("vectors", "background", "ids")}
+arrays = store_arrays
 
 
 def assert_same_bytes(path, reference):

@@ -13,7 +13,7 @@ import time
 import fsspec
 import numpy as np
 import pytest
-import zarr
+from conftest import store_arrays
 
 from streamnorm.config import build_params
 from streamnorm.matching import match
@@ -61,8 +61,8 @@ def upload_store(local, url):
 
 
 def array_bytes(location):
-    group = zarr.open_group(str(location), mode="r")
-    return np.asarray(group["vectors"][:]).tobytes() + np.asarray(group["background"][:]).tobytes()
+    stored = store_arrays(location)
+    return stored["vectors"].tobytes() + stored["background"].tobytes()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import zarr
-from conftest import brute_background, unit_rows, write_store
+from conftest import brute_background, store_arrays, unit_rows, write_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -9,10 +9,7 @@ from streamnorm.errors import InputError, ModelMismatchError, OutputExistsError
 from streamnorm.pipeline import normalize
 from streamnorm.store import ATTRS_KEY
 
-
-def arrays(path):
-    group = zarr.open_group(str(path), mode="r")
-    return {name: np.asarray(group[name][:]) for name in ("vectors", "background", "ids")}
+arrays = store_arrays
 
 
 @pytest.fixture(scope="module")
