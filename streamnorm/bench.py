@@ -14,7 +14,8 @@ Line items (see :func:`run_bench`):
 5. peak RSS of ``streamnorm normalize`` at N and 4N rows, each in a fresh process;
 6. ``--append`` of 10 % new rows against the full run;
 7. scaling over ``local-cluster:1``, ``local-cluster:2`` and ``threads``;
-8. the matching benchmark of ``streamnorm.match_bench``, when available.
+8. the matching benchmark of ``streamnorm.match_bench``, when available;
+9. approximate training indexes (IVF, HNSW) against exact: speed-up and muAP ratio.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from rich.console import Console
 from threadpoolctl import threadpool_info
 
 from streamnorm import bench_items as items
+from streamnorm.bench_approx import approximate_line
 from streamnorm.bench_data import BenchData, BenchSizes, prepare_data
 from streamnorm.bench_machine import machine_description, sgemm_rate
 from streamnorm.bench_report import bench_table, build_lines, jsonable, mb, rate_text, write_json
@@ -90,6 +92,17 @@ def _measure(sizes: BenchSizes, data: BenchData, folder: Path, stages: Stages) -
         lambda: items.match_line(sizes),
         lambda r: r.get("skipped", "done"),
     )
+    if sizes.approximate is not None:
+        approximate = sizes.approximate
+        figures["approximate"] = stages.run(
+            "approximate",
+            f"approximate indexes vs exact, {approximate.n_train:,} training vectors",
+            lambda: approximate_line(approximate, folder),
+            lambda r: ", ".join(
+                f"{kind} x{c['speedup']:.1f} muAP x{c['micro_ap_ratio']:.3f}"
+                for kind, c in r["compared"].items()
+            ),
+        )
     # Measured again at the end: a limit taken while others held the cores would flatter
     # every ratio against it, and interference only ever lowers the rate.
     first, last = figures["sgemm"], _sgemm(stages, sizes, "again at the end")
@@ -208,7 +221,9 @@ def _derive(figures: dict[str, Any]) -> None:
     append["ratio"] = append["append"]["seconds"] / append["full"]["seconds"]
     append["row_fraction"] = append["append"]["rows"] / append["full"]["rows"]
     scaling = figures["scaling"]
-    scaling["ratio"] = scaling["local_cluster"]["ratio"]
+    # Worker scaling at equal resources per worker: with default sizing a single worker
+    # already runs one thread per core, so its pair says little about workers.
+    scaling["ratio"] = scaling["one_thread"]["ratio"]
     scaling["threads_to_local_cluster_2"] = scaling["threads"]["vectors_per_s"] / _compute_rate(
         scaling["local_cluster"]["2"]
     )
@@ -246,7 +261,7 @@ def run_bench(
     machine = machine_description()
     with tempfile.TemporaryDirectory(prefix="streamnorm-bench-", dir=workdir) as scratch:
         folder = Path(scratch)
-        stages = Stages(8 + 2 * max(1, sizes.rss_reps) + 4 * max(1, sizes.scaling_reps), progress)
+        stages = Stages(9 + 2 * max(1, sizes.rss_reps) + 4 * max(1, sizes.scaling_reps), progress)
         data = stages.run(
             "data",
             "generating synthetic stores and fitting the model",

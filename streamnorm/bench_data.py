@@ -9,9 +9,10 @@ and writing are part of what is measured.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamnorm.bench_approx import ApproximateSizes
 from streamnorm.config import build_params
 from streamnorm.model import fit_model
 from streamnorm.pipeline import DEFAULT_CHUNK_ROWS
@@ -59,6 +60,8 @@ class BenchSizes:
         Repetitions of each one-worker/two-worker pair, in ABBA order (the best counts).
     match_queries, match_refs, match_k : int
         Sizes handed to ``streamnorm.match_bench.bench_match``.
+    approximate : ApproximateSizes, optional
+        The data of the approximate-index line; the line is left out when None.
     seed : int
         Seed of the synthetic data.
     """
@@ -80,6 +83,7 @@ class BenchSizes:
     match_queries: int = 10_000
     match_refs: int = 100_000
     match_k: int = 10
+    approximate: ApproximateSizes | None = field(default_factory=ApproximateSizes.quick)
     seed: int = 0
 
     @property
@@ -122,6 +126,7 @@ class BenchSizes:
             rss_reps=2,
             match_queries=10_000,
             match_refs=200_000,
+            approximate=ApproximateSizes.full(),
         )
 
 

@@ -38,6 +38,7 @@ SCHEDULER_OPTION_HELP = (
     "Where tasks run: threads, processes, synchronous, local-cluster[:N] (a LocalCluster of N "
     "worker processes) or tcp://HOST:PORT (an existing dask.distributed scheduler)."
 )
+RUN_CONFIG_HELP = "TOML file of run settings: scheduler, workers, threads (options win)."
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 IdsOption = Annotated[
@@ -90,7 +91,11 @@ def fit(
     out: Annotated[str, typer.Option("--out", help="Model folder to write.")],
     preset: Annotated[str, typer.Option(help="Parameter preset from configs/.")] = "isc21",
     config: Annotated[
-        Path | None, typer.Option(help="TOML file of parameters, applied over the preset.")
+        Path | None,
+        typer.Option(
+            help="TOML file of parameters, applied over the preset; may also set scheduler, "
+            "workers and threads."
+        ),
     ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="key=value parameter override; repeatable.")
@@ -99,21 +104,34 @@ def fit(
         str | None,
         typer.Option(
             "--index",
-            help="Training index: flat (exact), ivf (exact within the nearest lists) or auto "
+            help="Training index: flat (exact), ivf (exact within the nearest lists), hnsw "
+            "(graph walk, candidates rescored exactly) or auto "
             "(by training size and memory). Same as --set index=...",
         ),
     ] = None,
+    scheduler: Annotated[str | None, typer.Option(help=SCHEDULER_OPTION_HELP)] = None,
     ids: IdsOption = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Fit the training-set model: normalize, index, record parameters and fingerprint."""
-    from streamnorm.config import build_params
+    from streamnorm.config import build_params, run_settings
     from streamnorm.model import fit_model
+    from streamnorm.schedulers import Runner
 
     overrides = [*(set_ or []), *([f"index={index}"] if index else [])]
     params = build_params(preset, config, overrides)
-    model = fit_model(train, out, params, ids_path=ids, overwrite=overwrite, progress=not quiet)
+    run = run_settings(config, scheduler=scheduler)
+    with Runner(run.scheduler, run.workers, run.threads) as runner:
+        model = fit_model(
+            train,
+            out,
+            params,
+            ids_path=ids,
+            overwrite=overwrite,
+            progress=not quiet,
+            scheduler=runner,
+        )
     report = model.index_report_
     recall = report.get("nth_neighbour_recall")
     console.print(
@@ -133,7 +151,8 @@ def normalize(
     ],
     out: Annotated[str, typer.Option("--out", help="Normalized store to write.")],
     chunk_rows: Annotated[int | None, typer.Option(help="Rows per task and output chunk.")] = None,
-    scheduler: Annotated[str, typer.Option(help=SCHEDULER_OPTION_HELP)] = "threads",
+    scheduler: Annotated[str | None, typer.Option(help=SCHEDULER_OPTION_HELP)] = None,
+    config: Annotated[Path | None, typer.Option(help=RUN_CONFIG_HELP)] = None,
     workers: Annotated[int | None, typer.Option(help="Parallel tasks (default: cores).")] = None,
     threads: Annotated[
         int | None,
@@ -158,8 +177,13 @@ def normalize(
     quiet: Quiet = False,
 ) -> None:
     """Normalize every row chunk through the model; resumes an interrupted run of itself."""
+    from streamnorm.config import run_settings
     from streamnorm.pipeline import normalize as run
     from streamnorm.resources import parse_bytes
+
+    settings = run_settings(
+        config, scheduler=scheduler, workers=workers, threads=threads, run_keys_only=True
+    )
 
     if role not in ("query", "reference"):
         raise StreamnormError(f"--role must be query or reference, not {role!r}")
@@ -174,9 +198,9 @@ def normalize(
         ids_path=ids,
         overwrite=overwrite,
         append=append,
-        scheduler=scheduler,
-        workers=workers,
-        threads=threads,
+        scheduler=settings.scheduler,
+        workers=settings.workers,
+        threads=settings.threads,
         memory_limit=None if memory_limit is None else parse_bytes(memory_limit),
         progress=not quiet,
     )
@@ -261,12 +285,18 @@ def match(
         str | None, typer.Option("--refs", help="With --update: the new reference store.")
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="Tiles searched at once (default: every core).")
+        int | None,
+        typer.Option(
+            help="Tiles searched at once (default: every core); with another --scheduler, "
+            "faiss threads per query-block task."
+        ),
     ] = None,
     query_block_rows: Annotated[int | None, typer.Option(help="Rows per query block.")] = None,
     reference_block_rows: Annotated[
         int | None, typer.Option(help="Rows per reference block.")
     ] = None,
+    scheduler: Annotated[str | None, typer.Option(help=SCHEDULER_OPTION_HELP)] = None,
+    config: Annotated[Path | None, typer.Option(help=RUN_CONFIG_HELP)] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -278,8 +308,10 @@ def match(
     References arriving later: `match Q R --out P --state S`, then
     `match --update S --refs R2 --out P2`.
     """
+    from streamnorm.config import run_settings
     from streamnorm.match_cli import run_match
 
+    settings = run_settings(config, scheduler=scheduler, threads=threads, run_keys_only=True)
     run_match(
         console,
         queries,
@@ -290,11 +322,13 @@ def match(
         state=state,
         update=update,
         new_refs=new_refs,
-        threads=threads,
+        threads=settings.threads,
         query_block_rows=query_block_rows,
         reference_block_rows=reference_block_rows,
         overwrite=overwrite,
         progress=not quiet,
+        scheduler=settings.scheduler,
+        workers=settings.workers,
     )
 
 
@@ -404,6 +438,14 @@ def tune(
     base_preset: Annotated[
         str, typer.Option("--base-preset", help="Preset for the parameters the grid leaves.")
     ] = "isc21",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML file of parameters over --base-preset; may also set scheduler, workers "
+            "and threads."
+        ),
+    ] = None,
+    scheduler: Annotated[str | None, typer.Option(help=SCHEDULER_OPTION_HELP)] = None,
     k: Annotated[int, typer.Option("--k", help="Candidates per query.")] = 10,
     max_results: Annotated[
         int, typer.Option(help="Global top N over all queries; 0 keeps all.")
@@ -413,7 +455,8 @@ def tune(
     quiet: Quiet = False,
 ) -> None:
     """Search statistic x n x beta x side for the best muAP; write the best as a config."""
-    from streamnorm.config import build_params
+    from streamnorm.config import build_params, run_settings
+    from streamnorm.schedulers import Runner
     from streamnorm.tuning import read_grid, result_table, write_config
     from streamnorm.tuning import tune as run
 
@@ -421,17 +464,20 @@ def tune(
         raise StreamnormError("--k must be at least 1")
     if out.exists() and not overwrite:
         raise StreamnormError(f"{out}: output already exists (use --overwrite to replace it)")
-    result = run(
-        queries,
-        refs,
-        train,
-        gt,
-        grid=read_grid(grid) if grid is not None else None,
-        base_params=build_params(base_preset),
-        k=k,
-        max_results=max_results or None,
-        progress=not quiet,
-    )
+    settings = run_settings(config, scheduler=scheduler)
+    with Runner(settings.scheduler, settings.workers, settings.threads) as runner:
+        result = run(
+            queries,
+            refs,
+            train,
+            gt,
+            grid=read_grid(grid) if grid is not None else None,
+            base_params=build_params(base_preset, config),
+            k=k,
+            max_results=max_results or None,
+            scheduler=runner,
+            progress=not quiet,
+        )
     best = result.best_row
     console.print(result_table(result, show or None, title=f"tune: {len(result.rows)} points"))
     summary = f"best of {len(result.rows)} grid points on {gt}: muAP {best.micro_ap:.4f}, "

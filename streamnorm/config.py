@@ -3,25 +3,33 @@
 Parameters are a validated pydantic model so that a typo in a preset, a config file or a
 ``--set key=value`` is a one-line error naming the key. Presets are TOML files in the
 project's ``configs/`` folder (shipped inside the package as ``streamnorm/presets``).
+
+A config file may also hold *run settings* (:data:`RUN_KEYS`: where and how widely the
+tasks run). They are not parameters: they never enter :class:`NormalizationParams`, the
+model fingerprint or ``model.json``, and they do not change any result.
 """
 
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from streamnorm.errors import ConfigError
+from streamnorm.schedulers import check_scheduler
 
 Statistic = Literal["nth", "mean", "slice", "top1"]
 Side = Literal["query", "reference", "both"]
 Metric = Literal["l2", "ip"]
 Reduction = Literal["pca", "drop"]
-IndexKind = Literal["flat", "ivf", "auto"]
+IndexKind = Literal["flat", "ivf", "hnsw", "auto"]
 
 DEFAULT_PRESET = "isc21"
+RUN_KEYS = ("scheduler", "workers", "threads")
+"""Config keys that say how a command runs, not what it computes."""
 
 
 class NormalizationParams(BaseModel):
@@ -63,13 +71,24 @@ class NormalizationParams(BaseModel):
     reduction : {"pca", "drop"}
         How to make room for the extra dimensions: a PCA learned on the training set, or
         dropping the lowest-variance training dimensions.
-    index : {"flat", "ivf", "auto"}
+    index : {"flat", "ivf", "hnsw", "auto"}
         The training index: exact (``flat``), inverted lists (``ivf``: exact within the
-        ``ivf_nprobe`` exactly nearest lists), or chosen by training size (``auto``).
+        ``ivf_nprobe`` exactly nearest lists), a graph (``hnsw``: the candidates of an
+        HNSW walk, rescored exactly), or chosen by training size (``auto``).
     ivf_nlist : int, optional
-        Number of IVF lists; about 4 sqrt(n_train) when omitted.
+        Number of IVF lists; about 8 sqrt(n_train) when omitted.
     ivf_nprobe : int
         Lists read per vector.
+    ivf_nprobe_wide : int
+        Lists read by a vector far from every centroid (a diffuse region, where the
+        neighbours spread over many lists).
+    ivf_wide_share : float
+        Share of training vectors that count as far: the best-centroid similarity under
+        which a vector reads ``ivf_nprobe_wide`` lists is this quantile, set at fit time.
+    hnsw_neighbours : int
+        Graph degree (faiss's M) of the ``hnsw`` index, set at fit time.
+    hnsw_search_depth : int
+        Candidates an HNSW walk keeps (faiss's efSearch); at least depth + margin.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -94,7 +113,11 @@ class NormalizationParams(BaseModel):
     reduction: Reduction = "pca"
     index: IndexKind = "flat"
     ivf_nlist: int | None = Field(default=None, ge=1)
-    ivf_nprobe: int = Field(default=16, ge=1)
+    ivf_nprobe: int = Field(default=24, ge=1)
+    ivf_nprobe_wide: int = Field(default=96, ge=1)
+    ivf_wide_share: float = Field(default=0.4, ge=0.0, le=1.0)
+    hnsw_neighbours: int = Field(default=32, ge=4, le=256)
+    hnsw_search_depth: int = Field(default=128, ge=1)
 
     @model_validator(mode="after")
     def _check_slice(self) -> NormalizationParams:
@@ -181,7 +204,7 @@ def build_params(
             )
         values.update(_load_toml(presets_dir() / f"{preset}.toml"))
     if config_file is not None:
-        values.update(_load_toml(Path(config_file)))
+        values.update(_without_run_keys(Path(config_file)))
     for assignment in overrides or []:
         key, value = _parse_assignment(assignment)
         values[key] = value
@@ -198,3 +221,87 @@ def params_from_dict(values: dict[str, Any]) -> NormalizationParams:
         if first["type"] == "extra_forbidden":
             raise ConfigError(f"unknown config key {key!r}") from None
         raise ConfigError(f"config key {key!r}: {first['msg']}") from None
+
+
+def _without_run_keys(path: Path) -> dict[str, Any]:
+    """The parameters of a config file; its run settings are checked, then left out."""
+    values = _load_toml(path)
+    _check_run_values({key: values[key] for key in RUN_KEYS if key in values}, path)
+    return {key: value for key, value in values.items() if key not in RUN_KEYS}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a command runs: the scheduler and the parallelism (never the results).
+
+    Attributes
+    ----------
+    scheduler : str
+        ``threads``, ``processes``, ``synchronous``, ``local-cluster[:N]`` or a
+        dask.distributed address (see :mod:`streamnorm.schedulers`).
+    workers : int, optional
+        Parallel tasks of the local schedulers; one per core by default.
+    threads : int, optional
+        faiss/BLAS threads per task (``match --threads``: tiles searched at once).
+    """
+
+    scheduler: str = "threads"
+    workers: int | None = None
+    threads: int | None = None
+
+
+def _check_run_values(values: dict[str, Any], path: Path) -> None:
+    for key in ("workers", "threads"):
+        value = values.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{path}: config key {key!r} must be a whole number, not {value!r}")
+        if value is not None and value < 1:
+            raise ConfigError(f"{path}: config key {key!r} must be at least 1, not {value}")
+    if "scheduler" in values:
+        try:
+            check_scheduler(values["scheduler"])
+        except ConfigError as error:
+            raise ConfigError(f"{path}: config key 'scheduler': {error}") from None
+
+
+def run_settings(
+    config_file: str | Path | None = None,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    run_keys_only: bool = False,
+) -> RunSettings:
+    """The run settings of a command: its options, else the config file, else defaults.
+
+    Parameters
+    ----------
+    config_file : str or Path, optional
+        A TOML file; only its :data:`RUN_KEYS` are read here.
+    scheduler, workers, threads : optional
+        The command-line options; a given option wins over the file.
+    run_keys_only : bool
+        Refuse any other key (for commands that take no parameters).
+
+    Raises
+    ------
+    ConfigError
+        For a missing or invalid file, a bad value, or (``run_keys_only``) another key.
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        values = _load_toml(path)
+        extra = [key for key in values if key not in RUN_KEYS]
+        if run_keys_only and extra:
+            raise ConfigError(
+                f"{path}: unknown config key {extra[0]!r}; this command reads only "
+                f"{', '.join(RUN_KEYS)}"
+            )
+        values = {key: values[key] for key in RUN_KEYS if key in values}
+        _check_run_values(values, path)
+    given = {"scheduler": scheduler, "workers": workers, "threads": threads}
+    values.update({key: value for key, value in given.items() if value is not None})
+    settings = RunSettings(**values)
+    check_scheduler(settings.scheduler)
+    return settings

@@ -29,11 +29,17 @@ def run_match(
     reference_block_rows: int | None,
     overwrite: bool,
     progress: bool,
+    scheduler: str = "threads",
+    workers: int | None = None,
 ) -> None:
-    """Run a full match or an update, then report what was written."""
+    """Run a full match or an update, then report what was written.
+
+    ``scheduler`` and ``workers`` say where the search runs (see
+    :func:`streamnorm.matching.match`); the files written do not depend on them.
+    """
     from streamnorm.matching import DEFAULT_K, Tiling, match, update_match
 
-    tiling = Tiling(threads, query_block_rows, reference_block_rows)
+    tiling = Tiling(threads, query_block_rows, reference_block_rows, workers=workers)
     limit = max_results or None
     if update is not None:
         if queries is not None or refs is not None:
@@ -52,6 +58,7 @@ def run_match(
             overwrite=overwrite,
             state_out=state,
             tiling=tiling,
+            scheduler=scheduler,
             progress=progress,
         )
         where = state or update
@@ -70,6 +77,7 @@ def run_match(
             overwrite=overwrite,
             state=state,
             tiling=tiling,
+            scheduler=scheduler,
             progress=progress,
         )
         if state is not None:

@@ -227,6 +227,14 @@ def top_k_per_query(
     return TopK(scores, rows, digest.hexdigest())
 
 
+def rows_digest(rows: RowReader, block_rows: int = QUERY_BLOCK_ROWS) -> str:
+    """SHA-256 of all rows in order: :attr:`TopK.query_digest` without the search."""
+    digest = hashlib.sha256()
+    for start, stop in even_blocks(rows.n_rows, block_rows):
+        digest.update(np.ascontiguousarray(rows.read(start, stop)).data)
+    return digest.hexdigest()
+
+
 def _query_groups(queries: RowReader, plan: TilePlan) -> list[tuple[int, int]]:
     """Query rows held at once: all of them unless they exceed the memory budget."""
     probe = queries.read(0, 1)

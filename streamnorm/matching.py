@@ -32,10 +32,15 @@ Streaming and incremental references
 ------------------------------------
 The work runs over tiles of query blocks x reference blocks on a thread pool
 (:mod:`streamnorm.match_tiles`); memory is bounded by the tiles in flight and the
-result, never by queries x references. ``match(..., state=PATH)`` also saves the
-per-query top-k lists (:mod:`streamnorm.match_state`); :func:`update_match` merges a new
-batch of references into them and writes predictions over every reference seen so far,
-byte-identical to a full run over all of them together.
+result, never by queries x references. With another scheduler than ``threads`` (see
+:mod:`streamnorm.schedulers`) the queries are cut into row blocks, one dask task each:
+a task opens both stores by path itself and returns its queries' exact top-k, which
+does not depend on where it was computed, so the files written are byte-identical.
+
+``match(..., state=PATH)`` also saves the per-query top-k lists
+(:mod:`streamnorm.match_state`); :func:`update_match` merges a new batch of references
+into them and writes predictions over every reference seen so far, byte-identical to a
+full run over all of them together.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 
 from streamnorm.config import NormalizationParams, params_from_dict
@@ -58,9 +64,14 @@ from streamnorm.match_tiles import (
     QUERY_BLOCK_ROWS,
     REFERENCE_BLOCK_ROWS,
     TilePlan,
+    TopK,
     count_tiles,
+    even_blocks,
+    rows_digest,
     top_k_per_query,
 )
+from streamnorm.progress import dask_progress
+from streamnorm.schedulers import LOCAL_SCHEDULERS, Runner, open_runner, resolve, task_threads
 from streamnorm.sources import DescriptorSource, open_source
 
 DEFAULT_K = 10
@@ -297,16 +308,22 @@ def rank_globally(
 
 @dataclass(frozen=True)
 class Tiling:
-    """Tile sizes and threads; None picks the defaults (every core)."""
+    """Tile sizes and threads; None picks the defaults (every core).
+
+    With another scheduler than ``threads``, ``threads`` is the faiss/BLAS threads of
+    each query-block task, ``workers`` the tasks run at once by a local pool, and
+    ``query_block_rows`` the largest block of a task.
+    """
 
     threads: int | None = None
     query_block_rows: int | None = None
     reference_block_rows: int | None = None
     query_memory_bytes: int | None = None
+    workers: int | None = None
 
     def plan(self, n_queries: int, n_references: int) -> TilePlan:
         """The plan for a pass of ``n_queries x n_references``."""
-        for name in ("threads", "query_block_rows", "reference_block_rows"):
+        for name in ("threads", "query_block_rows", "reference_block_rows", "workers"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise StreamnormError(f"{name.replace('_', '-')} must be at least 1, not {value}")
@@ -360,19 +377,146 @@ def _batch(side: ScoringSide, start: int = 0) -> dict[str, Any]:
 
 @dataclass
 class RowRange:
-    """Rows ``[start, n_rows)`` of a side, renumbered from 0."""
+    """Rows ``[start, stop)`` of a side (to its end by default), renumbered from 0."""
 
     side: ScoringSide
     start: int
+    stop: int | None = None
 
     @property
     def n_rows(self) -> int:
         """Rows in the range."""
-        return self.side.n_rows - self.start
+        return (self.side.n_rows if self.stop is None else self.stop) - self.start
 
     def read(self, start: int, stop: int) -> Float32Array:
         """Rows ``[start, stop)`` of the range."""
         return self.side.read(self.start + start, self.start + stop)
+
+
+@dataclass(frozen=True)
+class QueryBlockJob:
+    """What a task needs to search query blocks; small and picklable (paths, not rows).
+
+    Attributes
+    ----------
+    queries_path, references_path : str
+        The stores, opened by each task itself (a path every worker sees, or a URL).
+    reference_start, reference_stop : int
+        The reference rows searched (an update searches only the new ones).
+    k : int
+    reference_rows : int
+        Rows per reference block inside a task.
+    threads : int
+        faiss/BLAS threads of each task.
+    """
+
+    queries_path: str
+    references_path: str
+    reference_start: int
+    reference_stop: int
+    k: int
+    reference_rows: int
+    threads: int
+
+
+def search_query_block(
+    job: QueryBlockJob, reference_keys: Any, start: int, stop: int
+) -> tuple[Float64Array, IndexArray]:
+    """Exact top-k of queries ``[start, stop)``: one task of a non-threads match.
+
+    Returns
+    -------
+    scores : ndarray of float64, shape (stop - start, width)
+    rows : ndarray of int64, same shape
+        Reference rows counted from ``job.reference_start``.
+    """
+    queries = ScoringSide.open(job.queries_path, "query")
+    references = ScoringSide.open(job.references_path, "reference")
+    plan = TilePlan(
+        threads=1,
+        faiss_threads=job.threads,
+        query_rows=stop - start,
+        reference_rows=job.reference_rows,
+    )
+    # Sized here, where the task runs, so that tasks x threads stays within the cores.
+    with task_threads(job.threads):
+        top = top_k_per_query(
+            RowRange(queries, start, stop),
+            RowRange(references, job.reference_start, job.reference_stop),
+            resolve(reference_keys),
+            job.k,
+            plan,
+        )
+    return top.scores, top.rows
+
+
+_TASK_PREFIX = "match-query-block"
+
+
+def _search_in_tasks(
+    queries: ScoringSide,
+    references: RowRange,
+    reference_keys: IndexArray,
+    k: int,
+    tiling: Tiling,
+    runner: Runner,
+    progress: bool,
+    digest: bool,
+) -> TopK:
+    """The exact top-k of every query, one dask task per query block.
+
+    Blocks hold at most ``query_block_rows`` rows and there are at least as many as
+    tasks run at once. Each task reads every reference row, so blocks are not cut finer
+    than that.
+    """
+    job = QueryBlockJob(
+        queries_path=absolute(queries.source.path),
+        references_path=absolute(references.side.source.path),
+        reference_start=references.start,
+        reference_stop=references.start + references.n_rows,
+        k=k,
+        reference_rows=tiling.reference_block_rows or REFERENCE_BLOCK_ROWS,
+        threads=tiling.threads or runner.task_threads,
+    )
+    most = min(tiling.query_block_rows or QUERY_BLOCK_ROWS, -(-queries.n_rows // runner.parallel))
+    blocks = even_blocks(queries.n_rows, max(1, most))
+    keys = runner.share(reference_keys)
+    tasks = [
+        dask.delayed(search_query_block, pure=False)(
+            job, keys, start, stop, dask_key_name=f"{_TASK_PREFIX}-{index}"
+        )
+        for index, (start, stop) in enumerate(blocks)
+    ]
+    description = f"match: {len(tasks)} query blocks"
+    local_bar = progress and runner.scheduler in LOCAL_SCHEDULERS
+    with dask_progress(description, len(tasks), _TASK_PREFIX, enabled=local_bar):
+        found = runner.compute(tasks, description, progress)
+    width = min(k, references.n_rows)
+    scores = np.concatenate([part[0] for part in found]).reshape(-1, width)
+    rows = np.concatenate([part[1] for part in found]).reshape(-1, width)
+    # The digest of the rows as scored, read here in order: tasks hash only their block.
+    return TopK(scores, rows, rows_digest(queries) if digest else "")
+
+
+def _top_k(
+    queries: ScoringSide,
+    references: RowRange,
+    reference_keys: IndexArray,
+    k: int,
+    tiling: Tiling | None,
+    scheduler: str | Runner,
+    progress: bool,
+    digest: bool,
+) -> TopK:
+    """Per-query exact top-k on the tiled thread pool (``threads``) or as dask tasks."""
+    tiling = tiling or Tiling()
+    plan = tiling.plan(queries.n_rows, references.n_rows)  # also checks the sizes
+    with open_runner(scheduler, tiling.workers) as runner:
+        if runner.in_process:
+            return top_k_per_query(queries, references, reference_keys, k, plan, progress)
+        return _search_in_tasks(
+            queries, references, reference_keys, k, tiling, runner, progress, digest
+        )
 
 
 def match(
@@ -385,6 +529,7 @@ def match(
     overwrite: bool = False,
     state: Location | None = None,
     tiling: Tiling | None = None,
+    scheduler: str | Runner = "threads",
     progress: bool = False,
 ) -> RankedMatches:
     """Match queries against references and write track-1 predictions.
@@ -406,6 +551,10 @@ def match(
         that arrive later.
     tiling : Tiling, optional
         Block sizes and threads; the result does not depend on them.
+    scheduler : str or Runner
+        ``threads`` (default): tiles on a thread pool here; anything else (see
+        :mod:`streamnorm.schedulers`): one dask task per query block. The files written
+        are byte-identical.
 
     Returns
     -------
@@ -417,9 +566,17 @@ def match(
     queries = ScoringSide.open(queries_path, "query")
     references = ScoringSide.open(references_path, "reference")
     check_compatible(queries, references)
-    plan = (tiling or Tiling()).plan(queries.n_rows, references.n_rows)
     reference_ids = references.source.ids
-    top = top_k_per_query(queries, references, id_ranks(reference_ids), k, plan, progress)
+    top = _top_k(
+        queries,
+        RowRange(references, 0),
+        id_ranks(reference_ids),
+        k,
+        tiling,
+        scheduler,
+        progress,
+        digest=state is not None,
+    )
     candidate_ids = reference_ids[top.rows]
     result = rank_globally(
         queries.source.ids, top.scores, candidate_ids, max_results, references.n_rows
@@ -451,6 +608,7 @@ def update_match(
     overwrite: bool = False,
     state_out: Location | None = None,
     tiling: Tiling | None = None,
+    scheduler: str | Runner = "threads",
     progress: bool = False,
 ) -> RankedMatches:
     """Merge a new batch of references into a match state and write predictions.
@@ -480,6 +638,8 @@ def update_match(
     state_out : str or Path, optional
         Where the updated state goes; by default it replaces ``state_path``.
     tiling : Tiling, optional
+    scheduler : str or Runner
+        Where the search runs, as for :func:`match`.
 
     Raises
     ------
@@ -509,9 +669,15 @@ def update_match(
     state.check_model(queries.fingerprint, queries.base_dim, state.queries_path)
     state.check_queries(queries.source.identity())
     check_compatible(queries, references)
-    plan = (tiling or Tiling()).plan(queries.n_rows, len(new_ids))
-    top = top_k_per_query(
-        queries, RowRange(references, first), id_ranks(new_ids), state.k, plan, progress
+    top = _top_k(
+        queries,
+        RowRange(references, first),
+        id_ranks(new_ids),
+        state.k,
+        tiling,
+        scheduler,
+        progress,
+        digest=True,
     )
     if top.query_digest != state.queries_digest:
         raise StateMismatchError(
@@ -530,6 +696,7 @@ def update_match(
 __all__ = [
     "DEFAULT_K",
     "DEFAULT_MAX_RESULTS",
+    "QueryBlockJob",
     "RankedMatches",
     "ScoringSide",
     "Tiling",
@@ -537,5 +704,6 @@ __all__ = [
     "id_ranks",
     "match",
     "rank_globally",
+    "search_query_block",
     "update_match",
 ]

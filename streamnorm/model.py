@@ -26,7 +26,8 @@ import psutil
 from streamnorm.config import NormalizationParams, params_from_dict
 from streamnorm.encoding import Role, encode
 from streamnorm.errors import ConfigError, InputError, OutputExistsError
-from streamnorm.ivf import IVFExactTopK, build_ivf, default_nlist
+from streamnorm.hnsw import HNSWTopK, build_hnsw
+from streamnorm.ivf import IVFExactTopK, build_ivf, default_nlist, wide_probe_threshold
 from streamnorm.kernel import Float32Array, Float64Array, l2_normalize
 from streamnorm.locations import (
     Location,
@@ -41,6 +42,7 @@ from streamnorm.locations import (
 )
 from streamnorm.neighbours import ExactTopK
 from streamnorm.provenance import package_versions
+from streamnorm.schedulers import Runner
 from streamnorm.sources import DescriptorSource
 from streamnorm.statistics import background
 from streamnorm.transforms import TransformChain, apply_to_training, fit_chain
@@ -85,8 +87,13 @@ class Normalizer:
         self._searcher_lock = threading.Lock()
 
     # -- fitting -----------------------------------------------------------------------
-    def fit(self, source: DescriptorSource, progress: bool = False) -> Normalizer:
-        """Normalize the training descriptors and index them, one block at a time."""
+    def fit(
+        self, source: DescriptorSource, progress: bool = False, scheduler: str | Runner = "threads"
+    ) -> Normalizer:
+        """Normalize the training descriptors and index them, one block at a time.
+
+        ``scheduler`` runs the training-set searches of NES as tasks (same result).
+        """
         if self.params.depth > source.n_rows:
             raise ConfigError(
                 f"the statistic needs {self.params.depth} training neighbours but "
@@ -99,30 +106,50 @@ class Normalizer:
             digest.see(start, block)
             return block
 
-        chain = fit_chain(self.params, read, source.n_rows, source.dim, progress=progress)
+        chain = fit_chain(
+            self.params, read, source.n_rows, source.dim, progress=progress, scheduler=scheduler
+        )
         kind, reason = choose_index(self.params, source.n_rows, chain.output_dim)
         flat = faiss.IndexFlatIP(chain.output_dim)
-        for _, block in apply_to_training(chain, read, source.n_rows, progress=progress):
+        blocks = apply_to_training(
+            chain, read, source.n_rows, progress=progress, scheduler=scheduler
+        )
+        for _, block in blocks:
             flat.add(block)
         digest.finish(read, source.n_rows)
         digest.update(self._params_json().encode())
-        self.fingerprint_ = digest.hexdigest()
         self.n_train_ = source.n_rows
         self.dim_ = source.dim
         self.training_source_ = {"path": source.path, "rows": source.n_rows, "dim": source.dim}
         self.transforms_ = chain
         self.index_kind_ = kind
         self.index_report_ = {"kind": kind, "reason": reason}
+        self._vectors = None
         if kind == "flat":
-            self.index_, self._vectors = flat, None
+            self.index_ = flat
+        elif kind == "hnsw":
+            self.index_ = build_hnsw(_flat_vectors(flat), self.params.hnsw_neighbours)
+            del flat
         else:
             # The flat index's storage is the training matrix; copy it out, then free it.
             self._vectors = np.array(_flat_vectors(flat))
             del flat
             nlist = self.params.ivf_nlist or default_nlist(self.n_train_)
             self.index_ = build_ivf(self._vectors, min(nlist, self.n_train_))
-            self.index_report_["nth_neighbour_recall"] = self._measure_recall()
+            threshold = wide_probe_threshold(self._vectors, self.index_, self.params.ivf_wide_share)
+            self.index_report_["wide_probe_below"] = threshold
+            # The threshold decides which lists are read, as the lists themselves do.
+            digest.update(json.dumps(threshold).encode())
+        if kind != "flat":
+            # An approximate index's answers depend on how it was built (k-means and graph
+            # construction with several threads need not repeat exactly), so the model's
+            # identity includes the index itself.
+            for part in _index_structure(self.index_):
+                digest.update(part)
+        self.fingerprint_ = digest.hexdigest()
         self._searcher = None
+        if kind != "flat":
+            self.index_report_["nth_neighbour_recall"] = self._measure_recall()
         return self
 
     def _measure_recall(self, sample: int = 500) -> float:
@@ -147,6 +174,8 @@ class Normalizer:
         index = self._fitted_index()
         if self._vectors is not None:
             return self._vectors
+        if isinstance(index, faiss.IndexHNSWFlat):
+            return _flat_vectors(faiss.downcast_index(index.storage))
         return _flat_vectors(index)
 
     def _chain(self) -> TransformChain:
@@ -171,7 +200,16 @@ class Normalizer:
                 index = self._fitted_index()
                 if isinstance(index, faiss.IndexIVFFlat):
                     self._searcher = IVFExactTopK(
-                        self.training_vectors, index, self.params.ivf_nprobe, margin=margin
+                        self.training_vectors,
+                        index,
+                        self.params.ivf_nprobe,
+                        margin=margin,
+                        wide_nprobe=self.params.ivf_nprobe_wide,
+                        wide_below=self.index_report_.get("wide_probe_below"),
+                    )
+                elif isinstance(index, faiss.IndexHNSWFlat):
+                    self._searcher = HNSWTopK(
+                        self.training_vectors, index, self.params.hnsw_search_depth, margin=margin
                     )
                 else:
                     self._searcher = ExactTopK(self.training_vectors, index, margin=margin)
@@ -272,7 +310,7 @@ class Normalizer:
                 normalizer._vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
             except (OSError, ValueError):
                 raise InputError(f"{path}: the model's training vectors are missing") from None
-        elif not isinstance(index, faiss.IndexFlatIP):
+        elif not isinstance(index, (faiss.IndexFlatIP, faiss.IndexHNSWFlat)):
             raise InputError(f"{path}: the model's index is of an unsupported kind")
         normalizer.index_ = index
         normalizer.index_kind_ = info.get("index", {}).get("kind", "flat")
@@ -309,6 +347,25 @@ class _RowHash:
     def hexdigest(self) -> str:
         """The fingerprint."""
         return self._digest.hexdigest()
+
+
+def _index_structure(index: Any) -> list[bytes]:
+    """What an approximate index adds to the training vectors: its lists or its graph."""
+    if isinstance(index, faiss.IndexIVFFlat):
+        invlists = index.invlists
+        assert invlists is not None
+        parts = [index.quantizer.reconstruct_n(0, index.nlist).tobytes()]
+        for number in range(index.nlist):
+            size = invlists.list_size(number)
+            parts.append(size.to_bytes(8, "little"))
+            parts.append(faiss.rev_swig_ptr(invlists.get_ids(number), size).tobytes())
+        return parts
+    graph = index.hnsw
+    return [
+        faiss.vector_to_array(graph.neighbors).tobytes(),
+        faiss.vector_to_array(graph.levels).tobytes(),
+        int(graph.entry_point).to_bytes(8, "little", signed=True),
+    ]
 
 
 def _flat_vectors(index: Any) -> Float32Array:
@@ -383,8 +440,12 @@ def fit_model(
     ids_path: Location | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    scheduler: str | Runner = "threads",
 ) -> Normalizer:
     """Fit a model on a training input and save it to the folder ``out``.
+
+    ``scheduler`` (see :mod:`streamnorm.schedulers`) runs the training-set searches of
+    NES as tasks; the model is the same bit for bit.
 
     Raises
     ------
@@ -396,7 +457,8 @@ def fit_model(
 
     if exists(out) and not overwrite:
         raise OutputExistsError(f"{out}: output already exists (use --overwrite to replace it)")
-    normalizer = Normalizer(params).fit(open_source(train_path, ids_path), progress=progress)
+    source = open_source(train_path, ids_path)
+    normalizer = Normalizer(params).fit(source, progress=progress, scheduler=scheduler)
     prepare_output(out, overwrite=True)
     normalizer.save(out)
     return normalizer

@@ -6,15 +6,25 @@
 * ``local-cluster[:N]``: a dask.distributed ``LocalCluster`` of N worker processes
   (one thread each), started and closed here.
 * ``tcp://HOST:PORT`` or ``tls://...``: an existing dask.distributed scheduler.
+
+:func:`compute` runs one task list. A :class:`Runner` keeps its pool or cluster open
+over several task lists (a command with several passes starts one cluster, not one per
+pass) and hands large read-only task arguments to the workers once
+(:meth:`Runner.share`, :func:`resolve`).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
+import shutil
+import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -33,6 +43,8 @@ def default_workers() -> int:
 
 def check_scheduler(scheduler: str) -> None:
     """Reject an unknown scheduler name with a one-line error."""
+    if not isinstance(scheduler, str):
+        raise ConfigError(f"scheduler must be a string such as 'threads', not {scheduler!r}")
     if scheduler in LOCAL_SCHEDULERS or scheduler.startswith(("tcp://", "tls://")):
         return
     if scheduler == "local-cluster" or scheduler.startswith("local-cluster:"):
@@ -63,7 +75,7 @@ def parallel_tasks(scheduler: str, workers: int | None) -> int:
 
 def compute(
     tasks: Sequence[Any],
-    scheduler: str = "threads",
+    scheduler: str | Runner = "threads",
     workers: int | None = None,
     description: str = "tasks",
     progress: bool = False,
@@ -73,34 +85,195 @@ def compute(
     Parameters
     ----------
     tasks : sequence of dask.delayed
+    scheduler : str or Runner
+        See the module docstring; an open :class:`Runner` is reused, not closed.
+    workers : int, optional
+        Pool size of the local schedulers; one per core by default.
+    """
+    with open_runner(scheduler, workers) as runner:
+        return runner.compute(tasks, description, progress)
+
+
+@contextmanager
+def open_runner(
+    scheduler: str | Runner = "threads", workers: int | None = None, threads: int | None = None
+) -> Iterator[Runner]:
+    """A runner for ``scheduler``, closed on exit; an open runner is handed back as is."""
+    if isinstance(scheduler, Runner):
+        yield scheduler
+        return
+    with Runner(scheduler, workers, threads) as runner:
+        yield runner
+
+
+class Runner:
+    """A scheduler kept open over several task lists.
+
+    The pool or cluster starts with the first :meth:`compute`, so a runner that is never
+    asked to compute costs nothing.
+
+    Parameters
+    ----------
     scheduler : str
         See the module docstring.
     workers : int, optional
         Pool size of the local schedulers; one per core by default.
+    threads : int, optional
+        faiss/BLAS threads inside each task; by default the cores shared among the tasks
+        that run at once.
     """
-    check_scheduler(scheduler)
-    if not tasks:
-        return []
-    if scheduler == "synchronous":
-        return list(dask.compute(*tasks, scheduler="synchronous"))
-    if scheduler in LOCAL_SCHEDULERS:
-        size = workers or default_workers()
-        with _local_pool(scheduler, size) as pool:
-            return list(dask.compute(*tasks, scheduler=scheduler, pool=pool, num_workers=size))
-    with _client(scheduler) as client:
-        return _compute_distributed(client, tasks, progress)
+
+    def __init__(
+        self, scheduler: str = "threads", workers: int | None = None, threads: int | None = None
+    ) -> None:
+        check_scheduler(scheduler)
+        for name, value in (("workers", workers), ("threads", threads)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be at least 1, not {value}")
+        self.scheduler = scheduler
+        self.workers = workers
+        self.threads = threads
+        self._stack = ExitStack()
+        self._pool: Executor | None = None
+        self._client: Any = None
+        self._folder: str | None = None
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def in_process(self) -> bool:
+        """True for the default ``threads`` scheduler, which callers run in-process."""
+        return self.scheduler == "threads"
+
+    @property
+    def parallel(self) -> int:
+        """Tasks that run at once (see :func:`parallel_tasks`)."""
+        return parallel_tasks(self.scheduler, self.workers)
+
+    @property
+    def task_threads(self) -> int:
+        """faiss/BLAS threads per task: tasks x threads never exceeds the cores."""
+        return self.threads or max(1, default_workers() // self.parallel)
+
+    def compute(
+        self, tasks: Sequence[Any], description: str = "tasks", progress: bool = False
+    ) -> list[Any]:
+        """Compute delayed tasks and return their results in order."""
+        if not tasks:
+            return []
+        if self.scheduler == "synchronous":
+            return list(dask.compute(*tasks, scheduler="synchronous"))
+        if self.scheduler in LOCAL_SCHEDULERS:
+            return self._compute_local(tasks)
+        return _compute_distributed(self._distributed_client(), tasks, progress)
+
+    def share(self, value: Any) -> Any:
+        """A task argument standing for ``value``, sent to each worker process once.
+
+        Tasks turn it back into the value with :func:`resolve`. Within this process
+        (threads, synchronous) it is the value itself; for a process pool it is a file
+        read once per process; on a distributed cluster, data scattered to every worker.
+        """
+        if self.scheduler in ("threads", "synchronous"):
+            return value
+        if self.scheduler == "processes":
+            if self._folder is None:
+                self._folder = tempfile.mkdtemp(prefix="streamnorm-shared-")
+            handle, path = tempfile.mkstemp(dir=self._folder, suffix=".pickle")
+            with os.fdopen(handle, "wb") as stream:
+                pickle.dump(value, stream, protocol=pickle.HIGHEST_PROTOCOL)
+            return SharedFile(path)
+        return self._distributed_client().scatter(value, broadcast=True, hash=False)
+
+    def send(self, value: Any) -> Any:
+        """A task argument for one task's own data (a block of rows, say).
+
+        On a distributed cluster the data go to one worker ahead of the task graph, which
+        stays small; elsewhere the value itself is the argument.
+        """
+        if self.scheduler in LOCAL_SCHEDULERS:
+            return value
+        return self._distributed_client().scatter(value, hash=False)
+
+    def close(self) -> None:
+        """Stop the pool or cluster (waiting for running tasks) and remove shared files."""
+        try:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            self._stack.close()
+            self._client = None
+        finally:
+            if self._folder is not None:
+                shutil.rmtree(self._folder, ignore_errors=True)
+                self._folder = None
+
+    def _compute_local(self, tasks: Sequence[Any]) -> list[Any]:
+        size = self.workers or default_workers()
+        if self._pool is None:
+            self._pool = _local_pool(self.scheduler, size)
+        try:
+            return list(
+                dask.compute(*tasks, scheduler=self.scheduler, pool=self._pool, num_workers=size)
+            )
+        except BaseException:
+            # Wait for the tasks still running before the caller cleans up after them.
+            self._pool.shutdown(wait=True)
+            self._pool = None
+            raise
+
+    def _distributed_client(self) -> Any:
+        if self._client is None:
+            self._client = self._stack.enter_context(_client(self.scheduler))
+        return self._client
+
+
+def _local_pool(scheduler: str, size: int) -> Executor:
+    if scheduler == "threads":
+        return ThreadPoolExecutor(size)
+    # spawn, not fork: forking a process that already runs OpenMP threads can deadlock.
+    return ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"))
 
 
 @contextmanager
-def _local_pool(scheduler: str, size: int) -> Iterator[Executor]:
-    pool: Executor
-    if scheduler == "threads":
-        pool = ThreadPoolExecutor(size)
-    else:
-        # spawn, not fork: forking a process that already runs OpenMP threads can deadlock.
-        pool = ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"))
-    with pool:
-        yield pool
+def task_threads(threads: int) -> Iterator[None]:
+    """Limit faiss and BLAS inside a task to ``threads`` threads.
+
+    faiss's OpenMP setting belongs to the calling thread and BLAS pools to the process,
+    so both are set in the task itself, where it runs.
+    """
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    faiss.omp_set_num_threads(threads)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        yield
+
+
+@dataclass(frozen=True)
+class SharedFile:
+    """A value pickled to a local file by :meth:`Runner.share`, loaded once per process."""
+
+    path: str
+
+
+_SHARED: dict[str, Any] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def resolve(value: Any) -> Any:
+    """The value behind a task argument made by :meth:`Runner.share`."""
+    if not isinstance(value, SharedFile):
+        return value
+    with _SHARED_LOCK:
+        if value.path not in _SHARED:
+            with open(value.path, "rb") as stream:
+                _SHARED[value.path] = pickle.load(stream)
+        return _SHARED[value.path]
 
 
 @contextmanager

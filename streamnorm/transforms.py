@@ -24,6 +24,7 @@ row and the fitted arrays.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import dask
 import faiss
 import numpy as np
 
@@ -49,6 +51,7 @@ from streamnorm.kernel import (
 )
 from streamnorm.neighbours import ExactTopK
 from streamnorm.progress import track
+from streamnorm.schedulers import Runner, open_runner, resolve, task_threads
 
 ReadTraining = Callable[[int, int], Float32Array]
 """``read_training(start, stop)``: L2-normalized float32 training rows ``start:stop``."""
@@ -241,7 +244,15 @@ class NegativeSubtraction:
         self.k = k
         self.beta = beta
         self.iterations = iterations
+        self.margin = margin
         self.searcher = ExactTopK(self.negatives, self.index, margin=margin)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent to worker processes as its arrays; the index is rebuilt there (one copy).
+        return (
+            NegativeSubtraction,
+            (self.negatives, self.k, self.beta, self.iterations, self.margin),
+        )
 
     @property
     def input_dim(self) -> int:
@@ -547,11 +558,65 @@ def _ranges(n_rows: int, block_rows: int) -> list[tuple[int, int]]:
 
 
 def _transformed(
-    chain: TransformChain, read_training: ReadTraining, ranges: Iterable[tuple[int, int]]
+    chain: TransformChain,
+    read_training: ReadTraining,
+    ranges: Iterable[tuple[int, int]],
+    runner: Runner | None = None,
 ) -> Iterator[tuple[int, Float32Array]]:
+    """Transformed training blocks, in order; as tasks on ``runner`` when NES makes it pay."""
+    if runner is not None and not runner.in_process and _searches(chain):
+        yield from _transformed_in_tasks(chain, read_training, ranges, runner)
+        return
     for start, stop in ranges:
         block = np.ascontiguousarray(read_training(start, stop), dtype=np.float32)
         yield start, chain.apply_training(block, start)
+
+
+def _searches(chain: TransformChain) -> bool:
+    """Whether applying the chain searches the training set (the expensive part)."""
+    return any(isinstance(step, NegativeSubtraction) for step in chain.steps)
+
+
+def _apply_training_task(
+    chain: Any, block: Float32Array, first_row: int, threads: int
+) -> Float32Array:
+    with task_threads(threads):
+        result: Float32Array = resolve(chain).apply_training(block, first_row)
+        return result
+
+
+def _waves(ranges: Iterable[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
+    iterator = iter(ranges)
+    while wave := list(itertools.islice(iterator, size)):
+        yield wave
+
+
+def _transformed_in_tasks(
+    chain: TransformChain,
+    read_training: ReadTraining,
+    ranges: Iterable[tuple[int, int]],
+    runner: Runner,
+) -> Iterator[tuple[int, Float32Array]]:
+    """As :func:`_transformed`, one task per block, a few waves of blocks at a time.
+
+    The blocks are read here (the reader is the caller's) and transformed by the tasks;
+    each row's result is a pure function of the row, so it is the same wherever it runs.
+    Waves of twice the parallel tasks bound the blocks held at once.
+    """
+    shared = runner.share(chain)
+    task = dask.delayed(_apply_training_task, pure=False)
+    for wave in _waves(ranges, 2 * runner.parallel):
+        tasks = [
+            task(
+                shared,
+                runner.send(np.ascontiguousarray(read_training(start, stop), dtype=np.float32)),
+                start,
+                runner.task_threads,
+            )
+            for start, stop in wave
+        ]
+        blocks = runner.compute(tasks, "fit: transforming training blocks")
+        yield from zip((start for start, _ in wave), blocks, strict=True)
 
 
 def apply_to_training(
@@ -560,6 +625,7 @@ def apply_to_training(
     n_train: int,
     block_rows: int | None = None,
     progress: bool = False,
+    scheduler: str | Runner = "threads",
 ) -> Iterator[tuple[int, Float32Array]]:
     """The transformed training set, block by block.
 
@@ -577,6 +643,10 @@ def apply_to_training(
         Rows read and transformed at once; :data:`BLOCK_ROWS` by default.
     progress : bool
         Show a progress bar.
+    scheduler : str or Runner
+        Where the blocks are transformed when the chain searches the training set (NES):
+        ``threads`` (default) here, anything else as one task per block (see
+        :mod:`streamnorm.schedulers`). The blocks are the same bit for bit.
 
     Yields
     ------
@@ -584,10 +654,11 @@ def apply_to_training(
         Row number of the block's first row.
     block : ndarray of float32, shape (rows, chain.output_dim)
     """
-    ranges = _ranges(n_train, block_rows or BLOCK_ROWS)
-    yield from _transformed(
-        chain, read_training, track(ranges, "fit: transforming training set", enabled=progress)
+    ranges = track(
+        _ranges(n_train, block_rows or BLOCK_ROWS), "fit: transforming training set", progress
     )
+    with open_runner(scheduler) as runner:
+        yield from _transformed(chain, read_training, ranges, runner)
 
 
 # -- fitting ---------------------------------------------------------------------------
@@ -694,21 +765,40 @@ def _fit_whitening(
 
 
 def _augment_negatives(
-    negatives: Float32Array, k: int, alpha: float, margin: int, progress: bool
+    negatives: Float32Array, k: int, alpha: float, margin: int, progress: bool, runner: Runner
 ) -> Float32Array:
     """Replace each negative by the normalized sum of its k nearest negatives (itself
     included), weighted by similarity to the power ``alpha``, negatives clipped to 0.
     """
-    index, view = _flat_index(negatives)
-    searcher = ExactTopK(view, index, margin=margin)
-    augmented = np.empty_like(view)
-    ranges = _ranges(view.shape[0], BLOCK_ROWS)
-    for start, stop in track(ranges, "fit: augmenting negatives", enabled=progress):
-        scores, found = searcher.search(view[start:stop], k)
-        weights = np.maximum(scores, 0.0) ** alpha
-        sums = _neighbour_sums(view, found, weights)
-        augmented[start:stop] = l2_normalize(sums.astype(np.float32))
+    # The index holds the negatives; searching them is searching it against itself.
+    nes = NegativeSubtraction(negatives, k, 0.0, 1, margin)
+    augmented = np.empty_like(nes.negatives)
+    ranges = _ranges(nes.negatives.shape[0], BLOCK_ROWS)
+    if runner.in_process:
+        for start, stop in track(ranges, "fit: augmenting negatives", enabled=progress):
+            augmented[start:stop] = _augmented_rows(nes, start, stop, alpha)
+        return augmented
+    shared = runner.share(nes)
+    task = dask.delayed(_augment_task, pure=False)
+    blocks = runner.compute(
+        [task(shared, start, stop, alpha, runner.task_threads) for start, stop in ranges],
+        "fit: augmenting negatives",
+        progress,
+    )
+    for (start, stop), block in zip(ranges, blocks, strict=True):
+        augmented[start:stop] = block
     return augmented
+
+
+def _augmented_rows(nes: NegativeSubtraction, start: int, stop: int, alpha: float) -> Float32Array:
+    scores, found = nes.searcher.search(nes.negatives[start:stop], nes.k)
+    weights = np.maximum(scores, 0.0) ** alpha
+    return l2_normalize(_neighbour_sums(nes.negatives, found, weights).astype(np.float32))
+
+
+def _augment_task(nes: Any, start: int, stop: int, alpha: float, threads: int) -> Float32Array:
+    with task_threads(threads):
+        return _augmented_rows(resolve(nes), start, stop, alpha)
 
 
 def _fit_nes(
@@ -717,13 +807,14 @@ def _fit_nes(
     read_training: ReadTraining,
     n_train: int,
     progress: bool,
+    runner: Runner,
 ) -> NegativeSubtraction:
     negatives = np.empty((n_train, chain.output_dim), dtype=np.float32)
     for start, block in apply_to_training(chain, read_training, n_train, progress=progress):
         negatives[start : start + block.shape[0]] = block
     if params.nes_alpha is not None:
         negatives = _augment_negatives(
-            negatives, params.nes_k, params.nes_alpha, params.candidate_margin, progress
+            negatives, params.nes_k, params.nes_alpha, params.candidate_margin, progress, runner
         )
     return NegativeSubtraction(
         negatives, params.nes_k, params.nes_beta, params.nes_iterations, params.candidate_margin
@@ -746,13 +837,15 @@ def _fit_budget(
     n_train: int,
     target: int,
     progress: bool,
+    runner: Runner,
 ) -> Step:
     dim = chain.output_dim
     moments = _Moments(dim)
     # Transforming through NES searches every row, so only a sample is worth it then.
     limit = n_train if chain.is_identity else _BUDGET_FIT_ROWS
     ranges = track(_budget_ranges(n_train, limit), "fit: dimension budget", enabled=progress)
-    for _, block in _transformed(chain, read_training, ranges):
+    # Blocks come back in order, so the float64 moments add up the same way.
+    for _, block in _transformed(chain, read_training, ranges, runner):
         moments.add(block)
     if params.reduction == "drop":
         variance = np.diag(moments.covariance())
@@ -771,6 +864,7 @@ def fit_chain(
     n_train: int,
     dim: int,
     progress: bool = False,
+    scheduler: str | Runner = "threads",
 ) -> TransformChain:
     """Fit the enabled transforms on the training set, reading it block by block.
 
@@ -786,6 +880,9 @@ def fit_chain(
         Dimension of the training rows.
     progress : bool
         Show progress bars.
+    scheduler : str or Runner
+        Where the training-set searches of NES run: ``threads`` (default) here, anything
+        else as tasks (see :mod:`streamnorm.schedulers`). The chain is the same bit for bit.
 
     Returns
     -------
@@ -802,10 +899,12 @@ def fit_chain(
     target = budget_dim(params, dim)
     _check_training_size(params, n_train)
     chain = TransformChain([], dim, params)
-    if params.whiten:
-        chain = chain.then(_fit_whitening(params, read_training, n_train, dim, progress))
-    if params.nes:
-        chain = chain.then(_fit_nes(params, chain, read_training, n_train, progress))
-    if target is not None:
-        chain = chain.then(_fit_budget(params, chain, read_training, n_train, target, progress))
+    with open_runner(scheduler) as runner:
+        if params.whiten:
+            chain = chain.then(_fit_whitening(params, read_training, n_train, dim, progress))
+        if params.nes:
+            chain = chain.then(_fit_nes(params, chain, read_training, n_train, progress, runner))
+        if target is not None:
+            budget = _fit_budget(params, chain, read_training, n_train, target, progress, runner)
+            chain = chain.then(budget)
     return chain

@@ -21,6 +21,11 @@ grid points wherever the ranking allows it:
 * Each point rescores its candidates with its own encoding and selects the top k. A
   rounding-error bound proves per query that no reference outside the candidates could
   have entered the top k; a query without that proof is searched again exactly.
+
+With another scheduler than ``threads`` (see :mod:`streamnorm.schedulers`) the grid
+points run as dask tasks, one per group of points sharing a candidate search (split
+further when there are fewer groups than parallel tasks). Every point's pairs are exact,
+so the table is the same wherever they were computed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dask
 import faiss
 import numpy as np
 from rich.table import Table
@@ -48,6 +54,7 @@ from streamnorm.metrics import Evaluation, evaluate
 from streamnorm.model import Normalizer
 from streamnorm.neighbours import ExactTopK
 from streamnorm.progress import track
+from streamnorm.schedulers import Runner, open_runner, resolve, task_threads
 from streamnorm.sources import DescriptorSource, open_source
 from streamnorm.statistics import background
 
@@ -244,10 +251,14 @@ def _prepare_side(
 
 # -- exact per-query search ----------------------------------------------------------------
 def _exact_top(
-    queries: Float32Array, references: Float32Array, ref_ranks: IndexArray, depth: int
+    queries: Float32Array,
+    references: Float32Array,
+    ref_ranks: IndexArray,
+    depth: int,
+    threads: int | None = None,
 ) -> tuple[Float64Array, IndexArray]:
     """Exact top-``depth`` references per query by (score desc, reference id asc)."""
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
     out_scores, out_rows = [], []
     for q_start in range(0, len(queries), _QUERY_BLOCK_ROWS):
         block = queries[q_start : q_start + _QUERY_BLOCK_ROWS]
@@ -311,12 +322,15 @@ class SharedSearch:
         References kept per query.
     margin : int
         Candidates per query beyond ``k`` in the shared search.
+    threads : int, optional
+        faiss threads of the searches; every core by default.
     """
 
     queries: _Side
     references: _Side
     k: int = DEFAULT_K
     margin: int = CANDIDATE_MARGIN
+    threads: int | None = None
     exact_fallbacks: int = 0
     """Queries whose top k needed a search of their own (near-ties at the k-th place)."""
     _cache: dict[tuple[Any, ...] | None, _Candidates] = field(default_factory=dict)
@@ -355,7 +369,7 @@ class SharedSearch:
             shared = _reference_only(params)
             q_enc = self.queries.encode(shared, "query")  # [q, 1]
             r_enc = self.references.encode(shared, "reference")  # [r, -beta_r b(r)]
-        scores, rows = _exact_top(q_enc, r_enc, self.references.ranks, depth)
+        scores, rows = _exact_top(q_enc, r_enc, self.references.ranks, depth, self.threads)
         return _Candidates(rows, scores[:, -1], depth == len(self.references.base))
 
     def predictions(self, params: NormalizationParams, max_results: int | None) -> Pairs:
@@ -373,7 +387,7 @@ class SharedSearch:
             if pending.size:
                 self.exact_fallbacks += int(pending.size)
                 top_scores[pending], top_rows[pending] = _exact_top(
-                    q_enc[pending], r_enc, self.references.ranks, self.k
+                    q_enc[pending], r_enc, self.references.ranks, self.k, self.threads
                 )
         return self._rank_globally(top_rows, top_scores, max_results)
 
@@ -468,12 +482,94 @@ def _open_raw(source: str | Path | DescriptorSource) -> DescriptorSource:
     return opened
 
 
-def _order_by_reference_term(points: Iterable[NormalizationParams]) -> list[NormalizationParams]:
-    """Group points sharing a candidate search, keeping grid order otherwise."""
+def _groups(points: Iterable[NormalizationParams]) -> list[list[NormalizationParams]]:
+    """Points sharing a candidate search, grouped, keeping grid order otherwise."""
     groups: dict[tuple[Any, ...] | None, list[NormalizationParams]] = {}
     for point in points:
         groups.setdefault(_reference_key(point), []).append(point)
-    return [point for group in groups.values() for point in group]
+    return list(groups.values())
+
+
+def _order_by_reference_term(points: Iterable[NormalizationParams]) -> list[NormalizationParams]:
+    """Group points sharing a candidate search, keeping grid order otherwise."""
+    return [point for group in _groups(points) for point in group]
+
+
+def _evaluate_here(
+    search: SharedSearch,
+    points: list[NormalizationParams],
+    truth: GroundTruth,
+    max_results: int | None,
+    progress: bool,
+) -> tuple[list[TuneRow], int]:
+    rows = []
+    for point in track(points, "tune: grid points", enabled=progress):
+        rows.append(
+            TuneRow(point, _evaluate(search.predictions(point, max_results), search, truth))
+        )
+    return rows, search.exact_fallbacks
+
+
+def _evaluate_task(
+    shared: Any,
+    truth: Any,
+    points: list[NormalizationParams],
+    max_results: int | None,
+    threads: int,
+) -> tuple[list[Evaluation], int]:
+    """One task: evaluate grid points that share a candidate search."""
+    prepared: SharedSearch = resolve(shared)
+    # A search of its own: the shared one may be this very object (synchronous runs).
+    search = SharedSearch(
+        prepared.queries, prepared.references, k=prepared.k, margin=prepared.margin, threads=threads
+    )
+    truth = resolve(truth)
+    with task_threads(threads):
+        evaluations = [
+            _evaluate(search.predictions(point, max_results), search, truth) for point in points
+        ]
+    return evaluations, search.exact_fallbacks
+
+
+def _pieces(
+    groups: list[list[NormalizationParams]], parallel: int
+) -> list[list[NormalizationParams]]:
+    """Task-sized lists of points: whole groups, cut when groups are fewer than tasks.
+
+    Each piece repeats its group's candidate search, so groups are cut only as far as
+    needed to keep every parallel task busy.
+    """
+    cuts = max(1, -(-parallel // len(groups)))
+    pieces: list[list[NormalizationParams]] = []
+    for group in groups:
+        count = min(cuts, len(group))
+        edges = [len(group) * i // count for i in range(count + 1)]
+        pieces.extend(group[a:b] for a, b in itertools.pairwise(edges))
+    return pieces
+
+
+def _evaluate_in_tasks(
+    search: SharedSearch,
+    points: list[NormalizationParams],
+    truth: GroundTruth,
+    max_results: int | None,
+    runner: Runner,
+    progress: bool,
+) -> tuple[list[TuneRow], int]:
+    shared, shared_truth = runner.share(search), runner.share(truth)
+    pieces = _pieces(_groups(points), runner.parallel)
+    task = dask.delayed(_evaluate_task, pure=False)
+    found = runner.compute(
+        [task(shared, shared_truth, piece, max_results, runner.task_threads) for piece in pieces],
+        "tune: grid points",
+        progress,
+    )
+    rows = [
+        TuneRow(point, evaluation)
+        for piece, (evaluations, _) in zip(pieces, found, strict=True)
+        for point, evaluation in zip(piece, evaluations, strict=True)
+    ]
+    return rows, sum(fallbacks for _, fallbacks in found)
 
 
 def tune(
@@ -486,6 +582,7 @@ def tune(
     base_params: NormalizationParams | None = None,
     k: int = DEFAULT_K,
     max_results: int | None = DEFAULT_MAX_RESULTS,
+    scheduler: str | Runner = "threads",
     progress: bool = False,
 ) -> TuneResult:
     """Score every grid point by track-1 muAP on a validation ground truth.
@@ -505,6 +602,10 @@ def tune(
     max_results : int or None
         Global top N over all queries, as ``streamnorm match --max-results``; None
         keeps every candidate.
+    scheduler : str or Runner
+        ``threads`` (default) evaluates the grid points here; anything else (see
+        :mod:`streamnorm.schedulers`) as dask tasks, and fits NES there too. The result
+        is the same.
 
     Returns
     -------
@@ -530,17 +631,20 @@ def tune(
             f"the grid needs {depth} training neighbours but {train_source.path} has only "
             f"{train_source.n_rows} vectors"
         )
-    model = Normalizer(base).fit(train_source, progress=progress)
-    search = SharedSearch.prepare(
-        _open_raw(queries), _open_raw(refs), model, depth, k=k, progress=progress
-    )
-    rows = []
-    for point in track(points, "tune: grid points", enabled=progress):
-        rows.append(
-            TuneRow(point, _evaluate(search.predictions(point, max_results), search, truth))
+    with open_runner(scheduler) as runner:
+        model = Normalizer(base).fit(train_source, progress=progress, scheduler=runner)
+        search = SharedSearch.prepare(
+            _open_raw(queries), _open_raw(refs), model, depth, k=k, progress=progress
         )
+        if runner.in_process:
+            rows, fallbacks = _evaluate_here(search, points, truth, max_results, progress)
+        else:
+            rows, fallbacks = _evaluate_in_tasks(
+                search, points, truth, max_results, runner, progress
+            )
+    # A stable sort of the rows in grid order: equal scores keep the same order anywhere.
     rows.sort(key=lambda row: (-row.micro_ap, -row.recall_at_p90))
-    return TuneResult(rows, exact_fallbacks=search.exact_fallbacks)
+    return TuneResult(rows, exact_fallbacks=fallbacks)
 
 
 # -- writing the chosen parameters -----------------------------------------------------------

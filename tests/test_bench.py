@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from streamnorm.bench import BenchSizes, bench_table, run_bench, write_json
+from streamnorm.bench_approx import ApproximateSizes
 from streamnorm.bench_report import Target
 from streamnorm.bench_rss import peak_memory
 from streamnorm.cli import app
@@ -30,8 +31,19 @@ TINY = BenchSizes(
     determinism_reps=1,
     match_queries=64,
     match_refs=512,
+    approximate=ApproximateSizes(n_train=3000, dim=32, n_queries=60, n_refs=600),
 )
-FIGURES = ("sgemm", "faiss_plain", "normalize", "determinism", "rss", "append", "scaling", "match")
+FIGURES = (
+    "sgemm",
+    "faiss_plain",
+    "normalize",
+    "determinism",
+    "rss",
+    "append",
+    "scaling",
+    "match",
+    "approximate",
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +85,8 @@ def test_ratios_are_positive_and_finite(result: dict[str, Any]) -> None:
     assert all(math.isfinite(r) and r > 0 for r in ratios)
     assert all(math.isfinite(n) for n in _numbers(result["figures"]))
     targeted = [line for line in result["lines"] if line["target"] is not None]
-    assert len(targeted) == 5
+    # determinism, rss, append, scaling, and speed and muAP of IVF and of HNSW
+    assert len(targeted) == 8
     assert all(isinstance(line["met"], bool) for line in targeted)
 
 
@@ -84,6 +97,27 @@ def test_rows_are_counted_right(result: dict[str, Any]) -> None:
     assert figures["rss"]["large"]["rows"] == TINY.rss_factor * TINY.n_vectors
     assert figures["scaling"]["one_thread"]["2"]["compute"]["rows"] == TINY.n_vectors
     assert figures["determinism"]["raw"]["rows"] == 2 * TINY.chunk_rows
+
+
+def test_approximate_line_compares_each_index_with_exact(result: dict[str, Any]) -> None:
+    line = result["figures"]["approximate"]
+    runs = line["runs"]
+    assert set(runs) == {"flat", "ivf", "hnsw"}
+    for kind in ("ivf", "hnsw"):
+        compared = line["compared"][kind]
+        run = runs[kind]
+        assert run["index"]["kind"] == kind and run["params"]["index"] == kind
+        assert run["rows"] == runs["flat"]["rows"] == 660
+        assert compared["speedup"] == pytest.approx(
+            runs["flat"]["normalize_seconds"] / run["normalize_seconds"]
+        )
+        assert compared["micro_ap_ratio"] == pytest.approx(
+            run["micro_ap"] / runs["flat"]["micro_ap"]
+        )
+        assert 0.0 <= compared["nth_neighbour_recall"] <= 1.0
+    # Normalization helps on the synth data whatever the index: muAP well above chance.
+    assert all(0.2 < run["micro_ap"] <= 1.0 for run in runs.values())
+    assert runs["flat"]["index"]["kind"] == "flat"
 
 
 def test_peak_memory_is_plausible(result: dict[str, Any]) -> None:

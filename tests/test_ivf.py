@@ -1,10 +1,12 @@
+import faiss
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from threadpoolctl import threadpool_limits
 
 from streamnorm.config import build_params
-from streamnorm.ivf import IVFExactTopK, build_ivf
+from streamnorm.ivf import IVFExactTopK, build_ivf, wide_probe_threshold
 from streamnorm.kernel import l2_normalize
 from streamnorm.model import Normalizer, choose_index, fit_model
 from streamnorm.pipeline import normalize
@@ -25,12 +27,25 @@ def ivf_case():
     )
     queries[0] = database[3]
     index = build_ivf(database, 40)
-    return database, queries, IVFExactTopK(database, index, nprobe=4)
+    # Half the queries (those farthest from every centroid) read 8 lists, the others 4.
+    best = (queries.astype(np.float64) @ _centroids(index).T).max(axis=1)
+    searcher = IVFExactTopK(database, index, nprobe=4, wide_nprobe=8, wide_below=np.median(best))
+    return database, queries, searcher
+
+
+def _centroids(index):
+    return index.quantizer.reconstruct_n(0, index.nlist).astype(np.float64)
+
+
+def probe_count(searcher, query):
+    """The definition: the wide probe for a query whose best centroid is below the bar."""
+    best = (_centroids(searcher.index) @ query.astype(np.float64)).max()
+    return searcher.wide_nprobe if best < searcher.wide_below else searcher.nprobe
 
 
 def brute_force_within_probed_lists(database, query, index, nprobe, k):
     """The definition: exact top-nprobe centroids, then exact top-k of their members."""
-    centroids = index.quantizer.reconstruct_n(0, index.nlist).astype(np.float64)
+    centroids = _centroids(index)
     near = np.lexsort((np.arange(index.nlist), -(centroids @ query.astype(np.float64))))[:nprobe]
     assigned = index.quantizer.search(database, 1)[1][:, 0]  # list of each vector at add time
     members = np.flatnonzero(np.isin(assigned, near))
@@ -39,12 +54,20 @@ def brute_force_within_probed_lists(database, query, index, nprobe, k):
     return sims[order], members[order]
 
 
+def test_best_centroid_similarity_is_exact(ivf_case):
+    _, queries, searcher = ivf_case
+    want = (queries.astype(np.float64) @ _centroids(searcher.index).T).max(axis=1)
+    np.testing.assert_allclose(searcher.best_centroid_similarity(queries), want, atol=1e-12)
+
+
 def test_ivf_search_is_exact_within_the_probed_lists(ivf_case):
     database, queries, searcher = ivf_case
     scores, rows = searcher.search(queries, 10)
+    probes = [probe_count(searcher, query) for query in queries]
+    assert probes.count(8) == 150  # the fixture's bar is the median
     for i in range(0, 300, 7):
         want_scores, want_rows = brute_force_within_probed_lists(
-            database, queries[i], searcher._ivf, searcher.nprobe, 10
+            database, queries[i], searcher.index, probes[i], 10
         )
         np.testing.assert_allclose(scores[i], want_scores, atol=1e-12)
         np.testing.assert_array_equal(rows[i], want_rows)
@@ -52,11 +75,17 @@ def test_ivf_search_is_exact_within_the_probed_lists(ivf_case):
 
 
 @settings(max_examples=20, deadline=None)
-@given(split=st.integers(1, 299))
-def test_ivf_results_do_not_depend_on_the_batch(ivf_case, split):
+@given(split=st.integers(1, 299), threads=st.sampled_from([1, 2]))
+def test_ivf_results_do_not_depend_on_batch_or_threads(ivf_case, split, threads):
     _, queries, searcher = ivf_case
     whole = searcher.search(queries, 10)
-    parts = [searcher.search(queries[:split], 10), searcher.search(queries[split:], 10)]
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        with threadpool_limits(threads, user_api="blas"):
+            parts = [searcher.search(queries[:split], 10), searcher.search(queries[split:], 10)]
+    finally:
+        faiss.omp_set_num_threads(before)
     assert np.concatenate([p[0] for p in parts]).tobytes() == whole[0].tobytes()
     assert np.concatenate([p[1] for p in parts]).tobytes() == whole[1].tobytes()
 
@@ -82,3 +111,39 @@ def test_auto_index_choice_explains_itself():
     kind, reason = choose_index(auto, 2_000_000, 64)
     assert kind == "ivf" and "2000000" in reason
     assert choose_index(build_params("isc21"), 2_000_000, 64)[0] == "flat"
+
+
+def test_tied_centroids_are_chosen_by_list_number():
+    """Two identical centroids straddle the nprobe boundary: the smaller number wins."""
+    rng = np.random.default_rng(3)
+    dim = 16
+    centroids = l2_normalize(rng.standard_normal((12, dim)).astype(np.float32))
+    centroids[7] = centroids[2]
+    quantizer = faiss.IndexFlatIP(dim)
+    quantizer.add(centroids)
+    index = faiss.IndexIVFFlat(quantizer, dim, 12, faiss.METRIC_INNER_PRODUCT)
+    database = l2_normalize(rng.standard_normal((1200, dim)).astype(np.float32))
+    index.add(database)
+    # Queries whose third-nearest centroid is the tied pair (2 and 7).
+    queries = l2_normalize(centroids[2] + 0.05 * rng.standard_normal((400, dim)).astype(np.float32))
+    sims = queries.astype(np.float64) @ centroids.astype(np.float64).T
+    searcher = IVFExactTopK(database, index, nprobe=1)
+    chosen = searcher._nearest_lists(queries)
+    best = np.lexsort((np.tile(np.arange(12), (400, 1)), -sims), axis=-1)[:, 0]
+    np.testing.assert_array_equal(chosen[:, 0], best)
+    assert set(best) == {2}  # list 7 holds the same centroid but loses every tie
+    scores, rows = searcher.search(queries, 5)
+    for i in range(0, 400, 37):
+        want_scores, want_rows = brute_force_within_probed_lists(database, queries[i], index, 1, 5)
+        np.testing.assert_allclose(scores[i], want_scores, atol=1e-12)
+        np.testing.assert_array_equal(rows[i], want_rows)
+
+
+def test_wide_probe_threshold_is_the_share_quantile(ivf_case):
+    database, _, searcher = ivf_case
+    threshold = wide_probe_threshold(database, searcher.index, 0.3)
+    best = (database.astype(np.float64) @ _centroids(searcher.index).T).max(axis=1)
+    # Calibrated on the rows k-means did not see, which sit a little farther from
+    # their centroids than the rows it saw.
+    assert 0.2 < np.mean(best < threshold) < 0.4
+    assert wide_probe_threshold(database, searcher.index, 0.0) is None

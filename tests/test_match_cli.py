@@ -11,7 +11,7 @@ import pytest
 from conftest import write_store
 from match_helpers import read_rows
 
-from streamnorm.matching import match
+from streamnorm.matching import match, update_match
 
 
 def run(*args):
@@ -107,3 +107,47 @@ def test_evaluate_several_files_with_labels_and_a_plot(stores, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("query_id,reference_id,score\nQ000,R000,high\n")
     one_line_error(run("evaluate", files[0], bad, "--gt", stores / "gt.csv"), "bad.csv", "line 2")
+
+
+def test_match_and_update_on_processes_equal_the_default(stores, tmp_path):
+    """Query-block tasks in a process pool write the default run's files, byte for byte."""
+    default, tasks = tmp_path / "default", tmp_path / "tasks"
+    for folder in (default, tasks):
+        folder.mkdir()
+    match(stores / "q.zarr", stores / "a.zarr", default / "p.csv", k=3, state=default / "s.npz")
+    # The update re-reads the queries from the state and checks their digest.
+    update_match(default / "s.npz", stores / "b.zarr", default / "u.parquet")
+    done = run(
+        "match", stores / "q.zarr", stores / "a.zarr", "--out", tasks / "p.csv", "--k", 3,
+        "--state", tasks / "s.npz", "--scheduler", "processes", "--query-block-rows", 16, "-q",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    config = tmp_path / "run.toml"
+    config.write_text('scheduler = "processes"\nworkers = 2\n')
+    done = run(
+        "match", "--update", tasks / "s.npz", "--refs", stores / "b.zarr",
+        "--out", tasks / "u.parquet", "--config", config, "-q",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for name in ("p.csv", "u.parquet", "s.npz"):
+        assert (tasks / name).read_bytes() == (default / name).read_bytes(), name
+
+
+def test_bad_scheduler_values_are_one_line_errors(stores, tmp_path):
+    out = tmp_path / "p.csv"
+    one_line_error(
+        run("match", stores / "q.zarr", stores / "a.zarr", "--out", out, "--scheduler", "warp"),
+        "unknown scheduler 'warp'",
+    )
+    config = tmp_path / "run.toml"
+    config.write_text('scheduler = "local-cluster:0"\n')
+    one_line_error(
+        run("match", stores / "q.zarr", stores / "a.zarr", "--out", out, "--config", config),
+        "run.toml", "'scheduler'", "positive integer",
+    )  # fmt: skip
+    config.write_text('scheduler = "processes"\nbeta = 1.0\n')
+    one_line_error(
+        run("match", stores / "q.zarr", stores / "a.zarr", "--out", out, "--config", config),
+        "unknown config key 'beta'",
+    )
+    assert not out.exists()

@@ -332,3 +332,23 @@ def test_paths_are_accepted_as_strings(data):
     )
     assert [row.params.beta for row in small.rows] == [2.0, 0.0]
     assert small.rows[0].evaluation.n_predictions == 2000
+
+
+def test_tune_on_processes_equals_the_default(data, result, tmp_path):
+    """Grid points as tasks in a process pool: the same table and the same best config."""
+    found = tune(
+        data["queries"],
+        data["refs"],
+        data["train"],
+        data["ground_truth"],
+        grid=GRID,
+        max_results=MAX_RESULTS,
+        scheduler="processes",
+    )
+    assert [(row.params, row.evaluation) for row in found.rows] == [
+        (row.params, row.evaluation) for row in result.rows
+    ]
+    assert found.exact_fallbacks == result.exact_fallbacks
+    write_config(found.best, tmp_path / "tasks.toml")
+    write_config(result.best, tmp_path / "default.toml")
+    assert (tmp_path / "tasks.toml").read_bytes() == (tmp_path / "default.toml").read_bytes()
