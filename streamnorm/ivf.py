@@ -1,12 +1,14 @@
 """An inverted-file (IVF) training index that keeps the per-vector guarantee.
 
-An IVF search looks only at the vectors of the ``nprobe`` lists whose centroids are
-closest to the query. Both steps are made batch-independent:
+An IVF search looks only at the vectors of the lists whose centroids are closest to the
+query. Both steps are made batch-independent:
 
-1. the probed lists are the *exact* top-``nprobe`` centroids, found with
-   :class:`~streamnorm.neighbours.ExactTopK` over the centroid matrix;
-2. inside those lists, faiss proposes candidates, and the usual exact rescoring with
-   a certificate (or an exhaustive pass over the probed lists) selects the result.
+1. the probed lists are the *exact* top centroids: float32 scores decide every centroid
+   that their bounded error cannot misplace, exact scores decide the few that are close;
+   how many lists a query reads depends on its exact best centroid similarity;
+2. inside those lists, grouped float32 GEMMs propose candidates, and the usual exact
+   rescoring with a certificate (or an exhaustive pass over the probed lists) selects
+   the result.
 
 The answer is therefore the exact top-k over the union of the exactly chosen lists: a
 pure function of the query vector, fast, and approximate only in which lists it reads.
@@ -80,6 +82,8 @@ def wide_probe_threshold(
 # Scores per group whose maximum feeds the bar of the list scan: small groups give a
 # bar close to the true fetch-th score, large ones a cheaper first pass.
 _RUN = 8
+# Lists per query whose scores set the bar: the nearest few hold most of the best scores.
+_BAR_LISTS = 8
 
 
 @dataclass
@@ -225,37 +229,35 @@ class IVFExactTopK(ExactTopK):
         takes the maximum of each disjoint group of at most ``_RUN`` scores; these are
         scores of distinct vectors, so the ``fetch``-th best of them is a bar that at
         least ``fetch`` vectors reach. A second pass scores all the probed lists and
-        keeps what reaches the bar. (Scoring
-        twice costs less than holding the scores or selecting within every list.)
-        Whatever is not returned scores at most the lowest returned score, which is
-        what the certificate in :meth:`ExactTopK.search` relies on.
+        keeps what reaches the bar. (Scoring twice costs less than holding the scores
+        or selecting within every list.) Whatever is not returned scores at most the
+        lowest returned score, which is what the certificate in
+        :meth:`ExactTopK.search` relies on.
         """
         assert isinstance(context, _Assignment)
         lists = context.lists[rows]
-        count, probe = lists.shape
+        count = lists.shape[0]
         # The bar comes from the nearest lists only (every query reads at least these):
         # any scores of distinct vectors give a valid bar, and these give a close one.
-        near = lists[:, : self.nprobe]
+        near = lists[:, : min(self.nprobe, _BAR_LISTS)]
         sizes = self._list_sizes[near]
         group_counts = sizes // _RUN + sizes % _RUN
         offsets = (np.cumsum(group_counts, axis=1) - group_counts).ravel()
         width = int(group_counts.sum(axis=1).max())
         maxima = np.full((count, max(width, fetch)), -np.inf, dtype=np.float32)
-        for slots, number in _grouped(near.ravel()):
+        for slots, query_rows, number in _grouped(near):
             vectors = self._list_vectors[number]
             if vectors.shape[0]:
-                found = _run_maxima(queries[slots // near.shape[1]] @ vectors.T)
+                found = _run_maxima(queries[query_rows] @ vectors.T)
                 columns = offsets[slots, None] + np.arange(found.shape[1])
-                maxima[(slots // near.shape[1])[:, None], columns] = found
+                maxima[query_rows[:, None], columns] = found
         width = maxima.shape[1]
         bar = np.partition(maxima, width - fetch, axis=1)[:, width - fetch]
-        groups = _grouped(lists.ravel())
         owners, values, ids = [], [], []
-        for slots, number in groups:
+        for _, query_rows, number in _grouped(lists):
             members = self._members[number]
             if not members.size:
                 continue
-            query_rows = slots // probe
             block = queries[query_rows] @ self._list_vectors[number].T
             at, column = np.nonzero(block >= bar[query_rows, None])
             owners.append(query_rows[at])
@@ -334,12 +336,19 @@ def _run_maxima(block: Float32Array) -> Float32Array:
     return np.concatenate([maxima, block[:, whole:]], axis=1) if whole < width else maxima
 
 
-def _grouped(lists: IndexArray) -> list[tuple[IndexArray, int]]:
-    """The rows of each distinct list number, as ``(rows, list)`` pairs (-1 skipped)."""
-    order = np.argsort(lists, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(lists[order])) + 1)
+def _grouped(lists: IndexArray) -> list[tuple[IndexArray, IndexArray, int]]:
+    """Per list number in ``lists`` (-1 skipped): its flat slots, their rows, the number."""
+    flat = lists.ravel()
+    order = np.argsort(flat, kind="stable")
+    numbers = flat[order]
+    cuts = np.flatnonzero(np.diff(numbers)) + 1
+    rows = np.split(order // lists.shape[1], cuts)
+    slots = np.split(order, cuts)
+    starts = numbers[np.r_[0, cuts]] if numbers.size else numbers
     return [
-        (group, int(lists[group[0]])) for group in groups if group.size and lists[group[0]] >= 0
+        (slot, row, int(number))
+        for slot, row, number in zip(slots, rows, starts, strict=True)
+        if number >= 0
     ]
 
 
