@@ -219,6 +219,8 @@ def verify(
     model: Annotated[str, typer.Option("--model", help="The model the store was made with.")],
     sample: Annotated[int, typer.Option(help="Rows to recompute; 0 checks every row.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the random sample.")] = 0,
+    scheduler: Annotated[str | None, typer.Option(help=SCHEDULER_OPTION_HELP)] = None,
+    config: Annotated[Path | None, typer.Option(help=RUN_CONFIG_HELP)] = None,
     ids: IdsOption = None,
     quiet: Quiet = False,
 ) -> None:
@@ -226,17 +228,22 @@ def verify(
 
     Exit 0 when all match, 1 with the first mismatching ids otherwise.
     """
+    from streamnorm.config import run_settings
+    from streamnorm.schedulers import Runner
     from streamnorm.verify import verify as run
 
-    report = run(
-        store,
-        input_path,
-        model,
-        sample=sample or None,
-        seed=seed,
-        ids_path=ids,
-        progress=not quiet,
-    )
+    settings = run_settings(config, scheduler=scheduler, run_keys_only=True)
+    with Runner(settings.scheduler, settings.workers) as runner:
+        report = run(
+            store,
+            input_path,
+            model,
+            sample=sample or None,
+            seed=seed,
+            ids_path=ids,
+            scheduler=runner,
+            progress=not quiet,
+        )
     if report.ok:
         console.print(f"{store}: {report.checked} rows recomputed alone, all byte-identical")
         return

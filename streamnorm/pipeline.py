@@ -42,7 +42,7 @@ from streamnorm.schedulers import (
     default_workers,
     parallel_tasks,
 )
-from streamnorm.sources import DescriptorSource, check_unique_ids, open_source
+from streamnorm.sources import DescriptorSource, check_unique_ids, open_source, read_ids
 from streamnorm.store import (
     ChunkedStore,
     array,
@@ -356,7 +356,7 @@ def _create(
 def _begin_append(out: Location, source: DescriptorSource, batch: dict[str, Any]) -> ChunkedStore:
     store = ChunkedStore.open(out)
     old_rows = store.n_rows
-    existing = np.array(np.asarray(array(store.group, "ids")[:]).tolist()).astype(str)
+    existing = read_ids(array(store.group, "ids"))
     check_unique_ids(np.concatenate([existing, source.ids]), f"{out} + {source.path}")
     # Declared first, so a crash at any later point is recognised and resumable.
     store.update_attrs(

@@ -189,8 +189,29 @@ def _open_zarr(location: Location) -> DescriptorSource:
     if not {"vectors", "ids"} <= members:
         raise InputError(f"{location}: not a descriptor store (needs 'vectors' and 'ids' arrays)")
     background = array(group, "background") if "background" in members else None
-    ids = np.array(np.asarray(array(group, "ids")[:]).tolist()).astype(str)
+    ids = read_ids(array(group, "ids"))
     return DescriptorSource(as_text(location), array(group, "vectors"), ids, attrs, background)
+
+
+# Ids converted at once: zarr hands out strings as Python objects (about 70 bytes a row),
+# so converting the whole column in one go would make the peak grow with the input.
+_ID_BLOCK_ROWS = 65_536
+
+
+def read_ids(column: Any) -> np.ndarray:
+    """A zarr string column as a fixed-width numpy unicode array, block by block."""
+    blocks = [
+        _fixed_width(np.asarray(column[start : start + _ID_BLOCK_ROWS]))
+        for start in range(0, column.shape[0], _ID_BLOCK_ROWS)
+    ]
+    return np.concatenate(blocks) if blocks else np.array([], dtype=str)
+
+
+def _fixed_width(block: np.ndarray) -> np.ndarray:
+    if block.dtype.kind == "T":  # numpy's variable-width StringDType needs a width
+        width = int(np.strings.str_len(block).max()) if block.size else 1
+        return block.astype(f"<U{max(width, 1)}")
+    return block.astype(str)
 
 
 def _check_layout(source: DescriptorSource) -> None:

@@ -9,14 +9,18 @@ independence rule of the copy-detection challenges asks for.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
-import faiss
+import dask
 import numpy as np
 
+from streamnorm.encoding import Role
 from streamnorm.errors import InputError, ModelMismatchError
+from streamnorm.kernel import IndexArray
 from streamnorm.locations import Location
-from streamnorm.model import Normalizer, read_model_info
+from streamnorm.model import cached_model, read_model_info
 from streamnorm.progress import track
+from streamnorm.schedulers import Runner, open_runner, task_threads
 from streamnorm.sources import open_source
 
 
@@ -41,6 +45,7 @@ def verify(
     sample: int | None = 100,
     seed: int = 0,
     ids_path: Location | None = None,
+    scheduler: str | Runner = "threads",
     progress: bool = False,
 ) -> VerifyReport:
     """Recompute a random sample of the input's rows and compare with the store.
@@ -57,6 +62,9 @@ def verify(
         Rows to check; None checks every row.
     seed : int
         Seed of the sample.
+    scheduler : str or Runner
+        Where the recomputation runs (:mod:`streamnorm.schedulers`); the sampled rows
+        are split among tasks, each still recomputed alone.
 
     Returns
     -------
@@ -76,19 +84,64 @@ def verify(
     rng = np.random.default_rng(seed)
     count = source.n_rows if sample is None else min(sample, source.n_rows)
     rows = np.sort(rng.choice(source.n_rows, size=count, replace=False))
-    model = Normalizer.load(model_path)
-    role = store.attrs["role"]
-    faiss.omp_set_num_threads(1)
-    report = VerifyReport(checked=count)
-    for row in track(rows.tolist(), "verify: one vector at a time", enabled=progress):
-        normalized = model.transform(source.read(row, row + 1))
-        vectors = model.encode(normalized, role)
-        target = row_of[str(source.ids[row])]
-        stored_vector = np.asarray(store.vectors[target : target + 1], dtype=np.float32)
-        stored_background = np.asarray(store.background[target : target + 1], dtype=np.float32)
-        if (
-            vectors.tobytes() != stored_vector.tobytes()
-            or normalized.background.tobytes() != stored_background.tobytes()
-        ):
-            report.mismatched_ids.append(str(source.ids[row]))
-    return report
+    targets = np.array([row_of[str(source.ids[row])] for row in rows.tolist()], dtype=np.int64)
+    job = _Audit(
+        str(store_path),
+        str(input_path),
+        None if ids_path is None else str(ids_path),
+        str(model_path),
+        info["fingerprint"],
+        store.attrs["role"],
+    )
+    with open_runner(scheduler) as runner:
+        if runner.in_process:
+            found = job.check(rows, targets, progress)
+        else:
+            # Enough pieces to keep every task busy; each row is still computed alone.
+            pieces = max(1, min(count, 4 * runner.parallel))
+            tasks = [
+                dask.delayed(job.check)(part, target)
+                for part, target in zip(
+                    np.array_split(rows, pieces), np.array_split(targets, pieces), strict=True
+                )
+                if part.size
+            ]
+            found = [i for part in runner.compute(tasks, "verify", progress) for i in part]
+    return VerifyReport(checked=count, mismatched_ids=found)
+
+
+@dataclass(frozen=True)
+class _Audit:
+    """What a verify task needs, by path: it opens the inputs and the model itself."""
+
+    store: str
+    source: str
+    ids: str | None
+    model: str
+    fingerprint: str
+    role: str
+
+    def check(self, rows: IndexArray, targets: IndexArray, progress: bool = False) -> list[str]:
+        """Ids of the given input rows whose recomputation differs from the store's."""
+        store = open_source(self.store)
+        source = open_source(self.source, self.ids)
+        model = cached_model(self.model, self.fingerprint)
+        role = cast(Role, self.role)
+        mismatched = []
+        # One vector at a time on one thread: the batch and thread count of the
+        # original run must not matter.
+        with task_threads(1):
+            pairs = list(zip(rows.tolist(), targets.tolist(), strict=True))
+            for row, target in track(pairs, "verify: one vector at a time", enabled=progress):
+                normalized = model.transform(source.read(row, row + 1))
+                vectors = model.encode(normalized, role)
+                stored_vector = np.asarray(store.vectors[target : target + 1], dtype=np.float32)
+                stored_background = np.asarray(
+                    store.background[target : target + 1], dtype=np.float32
+                )
+                if (
+                    vectors.tobytes() != stored_vector.tobytes()
+                    or normalized.background.tobytes() != stored_background.tobytes()
+                ):
+                    mismatched.append(str(source.ids[row]))
+        return mismatched

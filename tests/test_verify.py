@@ -71,3 +71,14 @@ def test_verify_needs_the_same_model(small_data, store, tmp_path):
     fit_model(small_data.train_path, tmp_path / "other", build_params("isc21", None, ["n=5"]))
     with pytest.raises(ModelMismatchError, match="not made with the model"):
         verify(store, small_data.refs_path, tmp_path / "other")
+
+
+def test_verify_on_worker_processes_finds_the_same_rows(small_data, isc21_model, store):
+    group = zarr.open_group(str(store), mode="r+")
+    for row in (7, 250):
+        background = np.asarray(group["background"][row : row + 1]).copy()
+        background.view(np.uint32)[0] ^= 1
+        group["background"][row : row + 1] = background
+    report = verify(store, small_data.refs_path, isc21_model, sample=None, scheduler="processes")
+    assert report.checked == len(small_data.refs)
+    assert report.mismatched_ids == [small_data.ref_ids[7], small_data.ref_ids[250]]
