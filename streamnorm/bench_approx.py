@@ -16,7 +16,7 @@ from typing import Any
 
 from streamnorm.config import build_params
 from streamnorm.encoding import Role
-from streamnorm.groundtruth import read_ground_truth, read_predictions
+from streamnorm.groundtruth import GroundTruth, read_ground_truth, read_predictions
 from streamnorm.matching import match
 from streamnorm.metrics import evaluate
 from streamnorm.model import fit_model
@@ -67,7 +67,7 @@ class ApproximateSizes:
 
 
 def _run_index(
-    kind: str, data: dict[str, Path], sizes: ApproximateSizes, folder: Path
+    kind: str, data: dict[str, Path], truth: GroundTruth, sizes: ApproximateSizes, folder: Path
 ) -> dict[str, Any]:
     """Fit, normalize both sides, match and evaluate with one training index."""
     model_path = folder / f"model-{kind}"
@@ -84,7 +84,6 @@ def _run_index(
         rows += result.rows_added
     predictions = folder / f"predictions-{kind}.csv"
     match(stores["queries"], stores["refs"], predictions, k=10, max_results=10 * sizes.n_queries)
-    truth = read_ground_truth(data["ground_truth"])
     evaluation = evaluate(read_predictions(predictions, truth), truth)
     return {
         "fit_seconds": fitted,
@@ -120,7 +119,8 @@ def approximate_line(sizes: ApproximateSizes, folder: Path) -> dict[str, Any]:
         seed=sizes.seed,
     )
     data = write_synth(folder / "approximate-data", spec)
-    runs = {kind: _run_index(kind, data, sizes, folder) for kind in ("flat", *sizes.indexes)}
+    truth = read_ground_truth(data["ground_truth"])
+    runs = {kind: _run_index(kind, data, truth, sizes, folder) for kind in ("flat", *sizes.indexes)}
     flat = runs["flat"]
     compared = {
         kind: {

@@ -129,7 +129,6 @@ class IVFExactTopK(ExactTopK):
         self.nprobe = min(nprobe, index.nlist)
         self.wide_nprobe = min(max(wide_nprobe or nprobe, nprobe), index.nlist)
         self.wide_below = -np.inf if wide_below is None else float(wide_below)
-        index.nprobe = self.nprobe
         dim = database.shape[1]
         centroids = index.quantizer.reconstruct_n(0, index.nlist)
         self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import zarr
+from threadpoolctl import threadpool_limits
 
 from streamnorm.config import build_params
 from streamnorm.model import fit_model
@@ -117,3 +119,17 @@ def brute_background(x: np.ndarray, train: np.ndarray, n: int) -> np.ndarray:
     """b(x) = n-th largest similarity to the training set, in float64 by brute force."""
     sims = unit_rows(x) @ unit_rows(train).T
     return -np.sort(-sims, axis=1)[:, n - 1]
+
+
+def assert_split_invariant(searcher, queries: np.ndarray, split: int, threads: int) -> None:
+    """Searching two parts on ``threads`` faiss/BLAS threads gives the whole's bytes."""
+    whole = searcher.search(queries, 10)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        with threadpool_limits(threads, user_api="blas"):
+            parts = [searcher.search(queries[:split], 10), searcher.search(queries[split:], 10)]
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert np.concatenate([p[0] for p in parts]).tobytes() == whole[0].tobytes()
+    assert np.concatenate([p[1] for p in parts]).tobytes() == whole[1].tobytes()

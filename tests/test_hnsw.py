@@ -1,6 +1,7 @@
 import faiss
 import numpy as np
 import pytest
+from conftest import assert_split_invariant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,16 +70,7 @@ def test_a_shallow_walk_misses_some_neighbours(hnsw_case):
 @given(split=st.integers(1, 199), threads=st.sampled_from([1, 2]))
 def test_results_do_not_depend_on_batch_or_threads(hnsw_case, split, threads):
     database, queries, index = hnsw_case
-    searcher = HNSWTopK(database, index, search_depth=24)
-    whole = searcher.search(queries, 10)
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)
-    try:
-        parts = [searcher.search(queries[:split], 10), searcher.search(queries[split:], 10)]
-    finally:
-        faiss.omp_set_num_threads(before)
-    assert np.concatenate([p[0] for p in parts]).tobytes() == whole[0].tobytes()
-    assert np.concatenate([p[1] for p in parts]).tobytes() == whole[1].tobytes()
+    assert_split_invariant(HNSWTopK(database, index, search_depth=24), queries, split, threads)
 
 
 def test_hnsw_model_end_to_end(small_data, tmp_path):

@@ -1,9 +1,9 @@
 import faiss
 import numpy as np
 import pytest
+from conftest import assert_split_invariant
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from threadpoolctl import threadpool_limits
 
 from streamnorm.config import build_params
 from streamnorm.ivf import IVFExactTopK, build_ivf, wide_probe_threshold
@@ -78,16 +78,7 @@ def test_ivf_search_is_exact_within_the_probed_lists(ivf_case):
 @given(split=st.integers(1, 299), threads=st.sampled_from([1, 2]))
 def test_ivf_results_do_not_depend_on_batch_or_threads(ivf_case, split, threads):
     _, queries, searcher = ivf_case
-    whole = searcher.search(queries, 10)
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)
-    try:
-        with threadpool_limits(threads, user_api="blas"):
-            parts = [searcher.search(queries[:split], 10), searcher.search(queries[split:], 10)]
-    finally:
-        faiss.omp_set_num_threads(before)
-    assert np.concatenate([p[0] for p in parts]).tobytes() == whole[0].tobytes()
-    assert np.concatenate([p[1] for p in parts]).tobytes() == whole[1].tobytes()
+    assert_split_invariant(searcher, queries, split, threads)
 
 
 def test_ivf_model_end_to_end(small_data, tmp_path):
