@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from streamnorm.allocator import release_memory_promptly
 from streamnorm.encoding import Role
 from streamnorm.errors import StreamnormError
 
@@ -515,6 +516,8 @@ def bench(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     args = sys.argv[1:] if argv is None else argv
+    # This process belongs to the command, so its allocator can be set for long runs.
+    release_memory_promptly()
     try:
         code = app(args=args, prog_name="streamnorm", standalone_mode=False)
     except StreamnormError as error:

@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from streamnorm.encoding import Role, extra_dims, normalized_sides
 from streamnorm.errors import ModelMismatchError, OutputExistsError, StreamnormError
+from streamnorm.id_column import IdColumn, check_unique
 from streamnorm.locations import Location, as_text, is_url
 from streamnorm.model import cached_model, read_model_info
 from streamnorm.progress import dask_progress
@@ -42,7 +43,7 @@ from streamnorm.schedulers import (
     default_workers,
     parallel_tasks,
 )
-from streamnorm.sources import DescriptorSource, check_unique_ids, open_source, read_ids
+from streamnorm.sources import DescriptorSource, open_source
 from streamnorm.store import (
     ChunkedStore,
     array,
@@ -90,7 +91,8 @@ def _cached_source(job: ChunkJob) -> DescriptorSource:
     key = (job.source_path, job.ids_path, job.source_sha)
     with _SOURCES_LOCK:
         if key not in _SOURCES:
-            _SOURCES[key] = open_source(job.source_path, job.ids_path)
+            # The client checked the ids before any task was made.
+            _SOURCES[key] = open_source(job.source_path, job.ids_path, check_ids=False)
         return _SOURCES[key]
 
 
@@ -349,15 +351,15 @@ def _create(
         chunk_rows or DEFAULT_CHUNK_ROWS,
         {**attrs, "batches": [], "pending": pending},
         with_background=True,
-        ids=source.ids,
+        ids=source.id_column,
     )
 
 
 def _begin_append(out: Location, source: DescriptorSource, batch: dict[str, Any]) -> ChunkedStore:
     store = ChunkedStore.open(out)
     old_rows = store.n_rows
-    existing = read_ids(array(store.group, "ids"))
-    check_unique_ids(np.concatenate([existing, source.ids]), f"{out} + {source.path}")
+    existing = IdColumn.from_strings(array(store.group, "ids"))
+    check_unique([existing, source.id_column], f"{out} + {source.path}")
     # Declared first, so a crash at any later point is recognised and resumable.
     store.update_attrs(
         {
@@ -378,7 +380,8 @@ def _grow(store: ChunkedStore, source: DescriptorSource, old_rows: int) -> None:
         array(store.group, "done")[old_rows // chunk_rows] = 0
     store.resize(new_rows)
     ids = array(store.group, "ids")
+    # Along the store's chunks, so one chunk of ids is in memory at a time.
     for _, start, stop in chunk_ranges(new_rows, chunk_rows):
         if stop > old_rows:
             begin = max(start, old_rows)
-            ids[begin:stop] = source.ids[begin - old_rows : stop - old_rows]
+            ids[begin:stop] = source.id_column.read(begin - old_rows, stop - old_rows)

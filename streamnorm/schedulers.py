@@ -29,6 +29,7 @@ from typing import Any
 
 import dask
 
+from streamnorm.allocator import release_memory_promptly
 from streamnorm.errors import ConfigError
 from streamnorm.progress import stderr_console
 
@@ -236,7 +237,11 @@ def _local_pool(scheduler: str, size: int) -> Executor:
     if scheduler == "threads":
         return ThreadPoolExecutor(size)
     # spawn, not fork: forking a process that already runs OpenMP threads can deadlock.
-    return ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        size,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=release_memory_promptly,
+    )
 
 
 @contextmanager

@@ -1,9 +1,10 @@
 """Reading descriptor inputs: zarr descriptor stores, ISC HDF5 files and .npy files.
 
-Every input is opened as a :class:`DescriptorSource`: row-sliceable vectors plus ids.
-Structural problems (missing file, wrong layout, dtype, duplicate ids, length mismatch,
-empty input) are found when opening; value problems (NaN, Inf, zero rows) are found when
-a block is read, with the offending row named.
+Every input is opened as a :class:`DescriptorSource`: row-sliceable vectors plus ids,
+both read a block of rows at a time. Structural problems (missing file, wrong layout,
+dtype, duplicate ids, length mismatch, empty input) are found when opening; value
+problems (NaN, Inf, zero rows) are found when a block is read, with the offending row
+named.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import h5py
@@ -18,6 +20,7 @@ import numpy as np
 import zarr
 
 from streamnorm.errors import InputError
+from streamnorm.id_column import ID_BLOCK_ROWS, IdColumn, check_unique
 from streamnorm.kernel import Float32Array
 from streamnorm.locations import (
     Location,
@@ -33,6 +36,7 @@ from streamnorm.locations import (
 from streamnorm.store import array, streamnorm_attrs
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+_DIGEST_GROUP_ROWS = 65_536
 
 
 @dataclass
@@ -45,17 +49,22 @@ class DescriptorSource:
         Where the data live, for messages and provenance.
     vectors : array-like, shape (n, d)
         A zarr array, h5py dataset or memory-mapped array; never loaded whole.
-    ids : ndarray of str, shape (n,)
-        One unique id per row.
+    id_column : IdColumn
+        One unique id per row, read on demand.
     attrs : dict
         The store's streamnorm attributes, empty for plain inputs.
     """
 
     path: str
     vectors: Any
-    ids: np.ndarray
+    id_column: IdColumn
     attrs: dict[str, Any] = field(default_factory=dict)
     background: Any = None
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        """Every id in memory (``n_rows`` strings); passes over rows use ``id_column``."""
+        return self.id_column.load()
 
     @property
     def n_rows(self) -> int:
@@ -84,8 +93,12 @@ class DescriptorSource:
         """
         digest = hashlib.sha256()
         digest.update(json.dumps([self.n_rows, self.dim]).encode())
-        for chunk_start in range(0, self.n_rows, 65536):
-            digest.update("\n".join(self.ids[chunk_start : chunk_start + 65536]).encode())
+        # The ids joined by newlines within groups of 65,536 rows and not between groups,
+        # as stores and match states have always recorded them; read a block at a time.
+        for start, ids in self.id_column.blocks(ID_BLOCK_ROWS):
+            if start % _DIGEST_GROUP_ROWS:
+                digest.update(b"\n")
+            digest.update("\n".join(ids.tolist()).encode())
         edge = min(self.n_rows, 64)
         digest.update(np.ascontiguousarray(self.vectors[:edge], dtype=np.float32).tobytes())
         digest.update(np.ascontiguousarray(self.vectors[-edge:], dtype=np.float32).tobytes())
@@ -113,7 +126,9 @@ def validate_block(block: Any, offset: int, path: str) -> Float32Array:
     return array
 
 
-def open_source(path: Location, ids_path: Location | None = None) -> DescriptorSource:
+def open_source(
+    path: Location, ids_path: Location | None = None, *, check_ids: bool = True
+) -> DescriptorSource:
     """Open any supported descriptor input.
 
     Parameters
@@ -123,6 +138,9 @@ def open_source(path: Location, ids_path: Location | None = None) -> DescriptorS
         (``vectors``, ``image_names``) or a ``.npy`` matrix; local or any fsspec URL.
     ids_path : str or Path, optional
         For ``.npy`` inputs: a text file with one id per line. Row numbers otherwise.
+    check_ids : bool
+        Check that ids are unique and non-empty (one streamed pass over them). Workers
+        reopening an input the client has already checked skip it.
 
     Raises
     ------
@@ -142,6 +160,8 @@ def open_source(path: Location, ids_path: Location | None = None) -> DescriptorS
     else:
         raise InputError(f"{text}: not a descriptor store, ISC HDF5 file or .npy file")
     _check_layout(source)
+    if check_ids:
+        check_unique([source.id_column], source.path)
     return source
 
 
@@ -152,11 +172,12 @@ def _open_npy(location: Location, ids_path: Location | None) -> DescriptorSource
     except (ValueError, OSError) as error:
         raise InputError(f"{location}: unreadable .npy file ({error})") from None
     if ids_path is None:
-        ids = np.array([str(i) for i in range(vectors.shape[0] if vectors.ndim else 0)])
+        ids = IdColumn.row_numbers(vectors.shape[0] if vectors.ndim else 0)
     else:
         if not exists(ids_path):
             raise InputError(f"{ids_path}: no such ids file")
-        ids = np.array(read_text(ids_path).splitlines())
+        # A text file has no row index to seek by, so its ids are held in memory.
+        ids = IdColumn.from_array(np.array(read_text(ids_path).splitlines()))
     return DescriptorSource(as_text(location), vectors, ids)
 
 
@@ -169,8 +190,7 @@ def _open_hdf5(location: Location) -> DescriptorSource:
         raise InputError(
             f"{location}: not an ISC descriptor file (needs 'vectors' and 'image_names')"
         )
-    names = handle["image_names"][:]
-    ids = np.array([n.decode() if isinstance(n, bytes) else str(n) for n in names])
+    ids = IdColumn.from_strings(handle["image_names"])
     return DescriptorSource(as_text(location), handle["vectors"], ids)
 
 
@@ -189,29 +209,8 @@ def _open_zarr(location: Location) -> DescriptorSource:
     if not {"vectors", "ids"} <= members:
         raise InputError(f"{location}: not a descriptor store (needs 'vectors' and 'ids' arrays)")
     background = array(group, "background") if "background" in members else None
-    ids = read_ids(array(group, "ids"))
+    ids = IdColumn.from_strings(array(group, "ids"))
     return DescriptorSource(as_text(location), array(group, "vectors"), ids, attrs, background)
-
-
-# Ids converted at once: zarr hands out strings as Python objects (about 70 bytes a row),
-# so converting the whole column in one go would make the peak grow with the input.
-_ID_BLOCK_ROWS = 65_536
-
-
-def read_ids(column: Any) -> np.ndarray:
-    """A zarr string column as a fixed-width numpy unicode array, block by block."""
-    blocks = [
-        _fixed_width(np.asarray(column[start : start + _ID_BLOCK_ROWS]))
-        for start in range(0, column.shape[0], _ID_BLOCK_ROWS)
-    ]
-    return np.concatenate(blocks) if blocks else np.array([], dtype=str)
-
-
-def _fixed_width(block: np.ndarray) -> np.ndarray:
-    if block.dtype.kind == "T":  # numpy's variable-width StringDType needs a width
-        width = int(np.strings.str_len(block).max()) if block.size else 1
-        return block.astype(f"<U{max(width, 1)}")
-    return block.astype(str)
 
 
 def _check_layout(source: DescriptorSource) -> None:
@@ -224,21 +223,7 @@ def _check_layout(source: DescriptorSource) -> None:
         )
     if shape[0] == 0 or shape[1] == 0:
         raise InputError(f"{source.path}: input is empty (shape {shape})")
-    if len(source.ids) != shape[0]:
+    if len(source.id_column) != shape[0]:
         raise InputError(
-            f"{source.path}: {len(source.ids)} ids for {shape[0]} vectors; they must match"
+            f"{source.path}: {len(source.id_column)} ids for {shape[0]} vectors; they must match"
         )
-    check_unique_ids(source.ids, source.path)
-
-
-def check_unique_ids(ids: np.ndarray, path: str) -> None:
-    """Reject duplicate ids, naming the first duplicate and its rows."""
-    order = np.argsort(ids, kind="stable")
-    ordered = ids[order]
-    same = ordered[1:] == ordered[:-1]
-    if same.any():
-        at = int(np.argmax(same))
-        first, second = sorted((int(order[at]), int(order[at + 1])))
-        raise InputError(f"{path}: duplicate id {str(ordered[at])!r} at rows {first} and {second}")
-    if (ids == "").any():
-        raise InputError(f"{path}: empty id at row {int(np.argmax(ids == ''))}")

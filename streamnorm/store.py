@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 
 from streamnorm.errors import InputError, OutputExistsError
+from streamnorm.id_column import IdColumn
 from streamnorm.locations import Location, as_text, exists, is_url, remove
 
 ATTRS_KEY = "streamnorm"
@@ -91,9 +92,13 @@ class ChunkedStore:
         attrs: dict[str, Any],
         *,
         with_background: bool,
-        ids: np.ndarray | None = None,
+        ids: IdColumn | None = None,
     ) -> ChunkedStore:
-        """Create an empty, incomplete store; ids are written now or with each chunk."""
+        """Create an empty, incomplete store; ids are written now or with each chunk.
+
+        Ids given here are written before the ``done`` array exists, so a store that a
+        crash left with every array in place (:meth:`is_intact`) has all of its ids.
+        """
         # The group is born marked incomplete, so a crash at any point is recognisable.
         marked: dict[str, Any] = {
             ATTRS_KEY: {**attrs, "status": "incomplete", "chunk_rows": chunk_rows}
@@ -105,11 +110,12 @@ class ChunkedStore:
         if with_background:
             group.create_array("background", shape=(n_rows,), chunks=(chunk_rows,), dtype="float32")
         id_array = group.create_array("ids", shape=(n_rows,), chunks=(chunk_rows,), dtype=str)
+        if ids is not None:
+            # One output chunk of ids in memory at a time.
+            for _, start, stop in chunk_ranges(n_rows, chunk_rows):
+                id_array[start:stop] = ids.read(start, stop)
         n_chunks = -(-n_rows // chunk_rows)
         group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0)
-        if ids is not None:
-            for _, start, stop in chunk_ranges(n_rows, chunk_rows):
-                id_array[start:stop] = ids[start:stop]
         return cls(as_text(path), group)
 
     @classmethod

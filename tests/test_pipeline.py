@@ -1,3 +1,5 @@
+import tracemalloc
+
 import numpy as np
 import pytest
 import zarr
@@ -123,3 +125,27 @@ def test_dimension_must_match_the_model(isc21_model, tmp_path):
     np.save(tmp_path / "x.npy", np.ones((4, 7), dtype=np.float32))
     with pytest.raises(ModelMismatchError, match="dimension 7"):
         normalize(tmp_path / "x.npy", isc21_model, "query", tmp_path / "o.zarr")
+
+
+def traced_peak_of_normalize(source, model, out) -> int:
+    """Peak bytes allocated through Python and numpy while normalizing, in this process."""
+    tracemalloc.start()
+    try:
+        normalize(source, model, "reference", out, chunk_rows=1024, scheduler="synchronous")
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_does_not_grow_with_the_number_of_ids(small_data, isc21_model, tmp_path):
+    # Long ids: held in memory, 40k of them would take 15 MB as numpy unicode.
+    rng = np.random.default_rng(3)
+    peaks = {}
+    for rows in (10_000, 40_000):
+        vectors = rng.standard_normal((rows, small_data.train.shape[1])).astype(np.float32)
+        ids = [f"{i:08d}-" + "x" * 88 for i in range(rows)]
+        source = write_store(tmp_path / f"in-{rows}.zarr", vectors, ids, chunk_rows=1024)
+        peaks[rows] = traced_peak_of_normalize(source, isc21_model, tmp_path / f"out-{rows}.zarr")
+        assert arrays(tmp_path / f"out-{rows}.zarr")["ids"][-1] == ids[-1]
+    # What may grow: one 8-byte hash per id for the uniqueness check (0.24 MB here).
+    assert peaks[40_000] - peaks[10_000] < 2_000_000, peaks

@@ -1,3 +1,6 @@
+import hashlib
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -95,3 +98,17 @@ def test_hdf5_without_isc_layout(tmp_path):
         f["features"] = good()
     with pytest.raises(InputError, match="not an ISC descriptor file"):
         open_source(tmp_path / "d.h5")
+
+
+def test_identity_digest_follows_its_definition(tmp_path):
+    # Ids joined by newlines within groups of 65,536 rows, whatever block size reads them.
+    n = 70_000
+    vectors = np.random.default_rng(1).standard_normal((n, 2)).astype(np.float32)
+    ids = [f"id{i}" for i in range(n)]
+    source = open_source(write_store(tmp_path / "s.zarr", vectors, ids, chunk_rows=4096))
+    digest = hashlib.sha256(json.dumps([n, 2]).encode())
+    for start in range(0, n, 65_536):
+        digest.update("\n".join(ids[start : start + 65_536]).encode())
+    digest.update(vectors[:64].tobytes())
+    digest.update(vectors[-64:].tobytes())
+    assert source.identity() == {"rows": n, "dim": 2, "sha256": digest.hexdigest()}
