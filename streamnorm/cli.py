@@ -151,7 +151,10 @@ def normalize(
         str, typer.Option("--role", help="query or reference: the side of the encoding.")
     ],
     out: Annotated[str, typer.Option("--out", help="Normalized store to write.")],
-    chunk_rows: Annotated[int | None, typer.Option(help="Rows per task and output chunk.")] = None,
+    chunk_rows: Annotated[
+        int | None,
+        typer.Option(help="Rows per task and output chunk (default 8192; 16384 with IVF)."),
+    ] = None,
     scheduler: Annotated[str | None, typer.Option(help=SCHEDULER_OPTION_HELP)] = None,
     config: Annotated[Path | None, typer.Option(help=RUN_CONFIG_HELP)] = None,
     workers: Annotated[int | None, typer.Option(help="Parallel tasks (default: cores).")] = None,

@@ -133,8 +133,6 @@ class IVFExactTopK(ExactTopK):
         centroids = index.quantizer.reconstruct_n(0, index.nlist)
         self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self._centroid_norm = float(np.sqrt((self._centroids.astype(np.float64) ** 2).sum(1)).max())
-        self._centroid_index = faiss.IndexFlatIP(dim)
-        self._centroid_index.add(self._centroids)
         invlists = index.invlists
         assert invlists is not None
         self._members: list[IndexArray] = []
@@ -161,10 +159,9 @@ class IVFExactTopK(ExactTopK):
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         fetch = min(8, self._centroids.shape[0])
-        approx, columns = self._centroid_index.search(queries, fetch)
-        approx = approx.astype(np.float64)
+        approx, columns = _best_centroids(queries, self._centroids, fetch)
         floor = approx[:, 0] - self._float32_error(queries)
-        best = _exact_within(queries, self._centroids, approx, columns.astype(np.int64), floor)
+        best = _exact_within(queries, self._centroids, approx, columns, floor)
         if fetch < self._centroids.shape[0]:
             for row in np.flatnonzero(approx[:, -1] >= floor):
                 best[row] = exact_dots(queries[row], self._centroids).max()
@@ -194,8 +191,7 @@ class IVFExactTopK(ExactTopK):
         fetch = widest + 8
         while pending.size:
             fetch = min(fetch, nlist)
-            approx, columns = self._centroid_index.search(queries[pending], fetch)
-            approx, columns = approx.astype(np.float64), columns.astype(np.int64)
+            approx, columns = _best_centroids(queries[pending], self._centroids, fetch)
             slack = error[pending]
             best = _exact_within(
                 queries[pending], self._centroids, approx, columns, approx[:, 0] - slack
@@ -273,6 +269,39 @@ class IVFExactTopK(ExactTopK):
         return self._exhaustive_over(query, members, k)
 
 
+# Float32 scores against all centroids held at once, per block of queries (16 MB).
+_CENTROID_SCORES_PER_BLOCK = 1 << 22
+
+
+def _best_centroids(
+    queries: Float32Array, centroids: Float32Array, fetch: int
+) -> tuple[Float64Array, IndexArray]:
+    """Each query's ``fetch`` best centroids by float32 score, best first.
+
+    A plain GEMM and a partial sort: with thousands of centroids and a hundred per
+    query, this is about twice as fast as faiss's flat search, whose per-result heap
+    dominates. Float32 scores only propose; the callers decide with exact scores
+    wherever the bounded float32 error could matter, so the GEMM's summation order
+    (which may depend on the batch) never reaches a result.
+    """
+    count, nlist = queries.shape[0], centroids.shape[0]
+    fetch = min(fetch, nlist)
+    approx = np.empty((count, fetch), dtype=np.float64)
+    columns = np.empty((count, fetch), dtype=np.int64)
+    step = max(1, _CENTROID_SCORES_PER_BLOCK // nlist)
+    for start in range(0, count, step):
+        scores = queries[start : start + step] @ centroids.T
+        if fetch < nlist:
+            top = np.argpartition(scores, nlist - fetch, axis=1)[:, nlist - fetch :]
+        else:
+            top = np.broadcast_to(np.arange(nlist), scores.shape)
+        picked = np.take_along_axis(scores, top, 1)
+        order = np.lexsort((top, -picked), axis=1)
+        approx[start : start + step] = np.take_along_axis(picked, order, 1)
+        columns[start : start + step] = np.take_along_axis(top, order, 1)
+    return approx, columns
+
+
 def _exact_within(
     queries: Float32Array,
     centroids: Float32Array,
@@ -340,14 +369,14 @@ def _grouped(lists: IndexArray) -> list[tuple[IndexArray, IndexArray, int]]:
     flat = lists.ravel()
     order = np.argsort(flat, kind="stable")
     numbers = flat[order]
+    rows = order // lists.shape[1]
     cuts = np.flatnonzero(np.diff(numbers)) + 1
-    rows = np.split(order // lists.shape[1], cuts)
-    slots = np.split(order, cuts)
-    starts = numbers[np.r_[0, cuts]] if numbers.size else numbers
+    starts, stops = np.r_[0, cuts].tolist(), np.r_[cuts, numbers.size].tolist()
+    # Plain slices (views): thousands of groups per call, so np.split's overhead shows.
     return [
-        (slot, row, int(number))
-        for slot, row, number in zip(slots, rows, starts, strict=True)
-        if number >= 0
+        (order[start:stop], rows[start:stop], int(numbers[start]))
+        for start, stop in zip(starts, stops, strict=True)
+        if start < stop and numbers[start] >= 0
     ]
 
 
@@ -358,16 +387,30 @@ def _best_per_row(
     values: list[Float32Array],
     ids: list[IndexArray],
 ) -> tuple[Float32Array, IndexArray]:
-    """The ``fetch`` best ``(value, id)`` entries of each row, padded with -inf and -1."""
+    """The ``fetch`` best ``(value, id)`` entries of each row, padded with -inf and -1.
+
+    Entries of equal value at a row's cut may be taken in any order: the certificate
+    only needs every entry left out to score at most the lowest one kept.
+    """
     scores = np.full((count, fetch), -np.inf, dtype=np.float32)
     found = np.full((count, fetch), -1, dtype=np.int64)
     if not owners:
         return scores, found
     owner, value, row_id = np.concatenate(owners), np.concatenate(values), np.concatenate(ids)
-    order = np.lexsort((row_id, -value, owner))
+    # One sort on a 64-bit key, row then descending value, instead of a three-key lexsort.
+    order = np.argsort((owner.astype(np.uint64) << np.uint64(32)) | _descending_bits(value))
     owner, value, row_id = owner[order], value[order], row_id[order]
     rank = np.arange(owner.size) - np.searchsorted(owner, owner)
     keep = rank < fetch
     scores[owner[keep], rank[keep]] = value[keep]
     found[owner[keep], rank[keep]] = row_id[keep]
     return scores, found
+
+
+def _descending_bits(values: Float32Array) -> np.ndarray:
+    """Unsigned 32-bit keys whose ascending order is the values' descending order."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    # The usual float-to-sortable-integer map (flip negatives, set the sign of positives),
+    # inverted so that larger values come first.
+    ascending = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
+    return (~ascending).astype(np.uint64)

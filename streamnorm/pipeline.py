@@ -35,7 +35,7 @@ from streamnorm.locations import Location, as_text, is_url
 from streamnorm.model import cached_model, read_model_info
 from streamnorm.progress import dask_progress
 from streamnorm.provenance import package_versions
-from streamnorm.resources import plan_resources
+from streamnorm.resources import default_chunk_rows, plan_resources
 from streamnorm.schedulers import (
     LOCAL_SCHEDULERS,
     check_scheduler,
@@ -173,7 +173,8 @@ def normalize(
         The normalized store. An incomplete store left by the same command is resumed;
         anything else that exists is refused unless ``overwrite`` (or ``append``).
     chunk_rows : int, optional
-        Rows per task and per output chunk (fixed when the store is created).
+        Rows per task and per output chunk (fixed when the store is created); by default
+        8192, or 16384 for a model with an IVF index.
     append : bool
         Add the input's rows after the store's existing rows.
     scheduler : str
@@ -204,7 +205,7 @@ def normalize(
     # A store being resumed or appended to has its chunk size already.
     existing = store_status(out) or {}
     fixed = "chunk_rows" in existing and not (overwrite and not append)
-    wanted_rows = int(existing["chunk_rows"]) if fixed else (chunk_rows or DEFAULT_CHUNK_ROWS)
+    wanted_rows = int(existing["chunk_rows"]) if fixed else (chunk_rows or default_chunk_rows(info))
     plan = plan_resources(
         info,
         cores=default_workers(),
