@@ -278,11 +278,12 @@ def _best_centroids(
 ) -> tuple[Float64Array, IndexArray]:
     """Each query's ``fetch`` best centroids by float32 score, best first.
 
-    A plain GEMM and a partial sort: with thousands of centroids and a hundred per
-    query, this is about twice as fast as faiss's flat search, whose per-result heap
-    dominates. Float32 scores only propose; the callers decide with exact scores
-    wherever the bounded float32 error could matter, so the GEMM's summation order
-    (which may depend on the batch) never reaches a result.
+    A plain GEMM and a partial sort through numpy: as fast as faiss's flat search for
+    thousands of centroids and a hundred per query (about 0.5 s for 8,192 queries and
+    8,000 centroids on one thread), and twice as fast where faiss's bundled OpenBLAS
+    runs generic kernels. Float32 scores only propose; the callers decide with exact
+    scores wherever the bounded float32 error could matter, so the GEMM's summation
+    order (which may depend on the batch) never reaches a result.
     """
     count, nlist = queries.shape[0], centroids.shape[0]
     fetch = min(fetch, nlist)
