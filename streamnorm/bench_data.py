@@ -15,8 +15,8 @@ from pathlib import Path
 from streamnorm.bench_approx import ApproximateSizes
 from streamnorm.config import build_params
 from streamnorm.model import fit_model
-from streamnorm.pipeline import DEFAULT_CHUNK_ROWS
 from streamnorm.progress import track
+from streamnorm.resources import DEFAULT_CHUNK_ROWS
 from streamnorm.store import ChunkedStore, chunk_ranges, write_chunk
 from streamnorm.synth import Split, SynthSpec, generate_split
 

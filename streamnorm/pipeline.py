@@ -35,7 +35,7 @@ from streamnorm.locations import Location, as_text, is_url
 from streamnorm.model import cached_model, read_model_info
 from streamnorm.progress import dask_progress
 from streamnorm.provenance import package_versions
-from streamnorm.resources import default_chunk_rows, plan_resources
+from streamnorm.resources import DEFAULT_CHUNK_ROWS, default_chunk_rows, plan_resources
 from streamnorm.schedulers import (
     LOCAL_SCHEDULERS,
     check_scheduler,
@@ -53,7 +53,6 @@ from streamnorm.store import (
     write_chunk,
 )
 
-DEFAULT_CHUNK_ROWS = 8192
 TASK_PREFIX = "normalize-chunk"
 
 _SOURCES: dict[tuple[str, str | None, str], DescriptorSource] = {}

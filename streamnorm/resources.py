@@ -43,6 +43,10 @@ def model_bytes(info: dict[str, Any]) -> int:
     return copies * 4 * int(info["n_train"]) * int(info.get("transformed_dim", info["dim"]))
 
 
+DEFAULT_CHUNK_ROWS = 8192
+IVF_CHUNK_ROWS = 16_384
+
+
 def default_chunk_rows(info: dict[str, Any]) -> int:
     """Rows per chunk when none is asked for: 8192, or 16384 with an IVF index.
 
@@ -51,7 +55,7 @@ def default_chunk_rows(info: dict[str, Any]) -> int:
     faster at 16384 rows than at 8192); an exact search gains nothing past a few
     thousand rows.
     """
-    return 16_384 if info.get("index", {}).get("kind") == "ivf" else 8192
+    return IVF_CHUNK_ROWS if info.get("index", {}).get("kind") == "ivf" else DEFAULT_CHUNK_ROWS
 
 
 def row_bytes(info: dict[str, Any]) -> int:

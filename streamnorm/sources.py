@@ -37,6 +37,8 @@ from streamnorm.store import array, streamnorm_attrs
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 _DIGEST_GROUP_ROWS = 65_536
+# identity() joins whole read blocks, so the digest's groups must be made of them.
+assert _DIGEST_GROUP_ROWS % ID_BLOCK_ROWS == 0
 
 
 @dataclass
